@@ -1,0 +1,258 @@
+"""Scaled dot-product attention (paper §3.2.1), multi-head attention (§3.2.2), the KV cache, and the
+opt-in attention recorder.
+
+Two paths compute the same thing, and a test proves they agree:
+- the readable path, `scaled_dot_product_attention`: softmax(QK^T / sqrt(d_k)) V written out, returning the
+  weights too. The recorder and `aiayn explain` use it.
+- the fast path, torch.nn.functional.scaled_dot_product_attention (fused kernels, no (T, S) weights kept).
+
+Shapes: B batch, T query length, S key length, D d_model, H heads, Dh head dim (d_k = d_v = D / H).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aiayn.config import ModelConfig
+from aiayn.model.masks import causal_mask, combine
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, scale: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention(Q, K, V) = softmax(QK^T / sqrt(d_k)) V, the paper's equation (1), written out.
+
+    q: (..., T, Dh), k: (..., S, Dh), v: (..., S, Dv); mask: bool broadcastable to (..., T, S), True = may
+    attend. Returns (output (..., T, Dv), weights (..., T, S)). `scale=False` gives plain dot-product
+    attention (the seeds' first example). Computed in fp32 whatever the input dtype, so bf16 inputs lose no
+    precision in the softmax; the output is cast back to q's dtype.
+
+    Masked keys get weight exactly 0. A query whose keys are all masked (a padding-only sequence) gets all-zero
+    weights and a zero output rather than NaN: masking uses the dtype's most negative finite value, never -inf,
+    and never an additive constant that could overflow.
+    """
+    scores = q.float() @ k.float().transpose(-2, -1)  # (..., T, S)
+    if scale:
+        scores = scores / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1)  # (..., T, S)
+    if mask is not None:
+        # Rows with every key masked would otherwise be uniform; make them (and every masked key) exactly 0.
+        weights = weights.masked_fill(~mask, 0.0)
+    return (weights @ v.float()).to(q.dtype), weights
+
+
+class AttentionCache:
+    """Keys and values of one attention module across decoding steps.
+
+    Self-attention appends one step at a time into a buffer that grows by doubling (no re-concatenation of the
+    whole past at every step); encoder-decoder attention stores the projected memory once.
+    """
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None  # (B, H, capacity, Dh)
+        self.v: torch.Tensor | None = None
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add t new steps (k, v: (B, H, t, Dh)); return every step so far, (B, H, length, Dh) views."""
+        end = self.length + k.shape[2]
+        if self.k is None or end > self.k.shape[2]:
+            capacity = max(end, 2 * (0 if self.k is None else self.k.shape[2]), 16)
+            new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])  # (B, H, capacity, Dh)
+            new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+            if self.k is not None:
+                new_k[:, :, : self.length] = self.k[:, :, : self.length]
+                new_v[:, :, : self.length] = self.v[:, :, : self.length]
+            self.k, self.v = new_k, new_v
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def set_static(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store keys/values that never change (the projected encoder memory)."""
+        self.k, self.v, self.length = k, v, k.shape[2]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (beam search reorders hypotheses after each step)."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+class LayerCache:
+    """The caches of one decoder layer: masked self-attention and encoder-decoder attention."""
+
+    def __init__(self) -> None:
+        self.self_attn = AttentionCache()
+        self.cross_attn = AttentionCache()
+
+
+class KVCache:
+    """Everything a decoder needs to continue from where it stopped: one LayerCache per decoder layer.
+
+    Create it with `model.new_cache()`, pass it to `decode` / `forward` at every step, and feed only the new
+    tokens: past keys/values are reused, encoder-decoder keys/values are computed once.
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerCache() for _ in range(n_layers)]
+
+    @property
+    def length(self) -> int:
+        """Number of target positions already processed (the position of the next token)."""
+        return self.layers[0].self_attn.length
+
+    def reorder(self, index: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.self_attn.reorder(index)
+            layer.cross_attn.reorder(index)
+
+
+_RECORDER: ContextVar[AttentionRecorder | None] = ContextVar("aiayn_attention_recorder", default=None)
+
+
+class AttentionRecorder:
+    """Collects the attention weights of every layer and head while active.
+
+    Use `record_attention(model)`. While it is active, attention runs the readable path (so the weights exist)
+    and each call appends its weights (B, H, T, S) to `weights[name]`, where name is the module's name in the
+    model, e.g. "encoder.layers.0.self_attn" or "decoder.layers.5.cross_attn". Step-by-step decoding appends
+    one entry per step. Outside the context the model runs its fast path and nothing is stored.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._names = {id(m): name for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
+        self.weights: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, module: MultiHeadAttention, weights: torch.Tensor) -> None:
+        name = self._names.get(id(module))
+        if name is not None:
+            self.weights.setdefault(name, []).append(weights.detach())
+
+
+@contextlib.contextmanager
+def record_attention(model: nn.Module) -> Iterator[AttentionRecorder]:
+    """`with record_attention(model) as rec: model(src, tgt)` then read `rec.weights`."""
+    recorder = AttentionRecorder(model)
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021): rotates pairs of q/k dimensions by position-dependent angles,
+    so q·k depends on the relative offset. Applied to q and k of self-attention only."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (Dh/2,)
+        angles = torch.arange(max_len, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (max_len, Dh/2)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.max_len = max_len
+
+    def forward(self, x: torch.Tensor, offset: int) -> torch.Tensor:
+        """x: (B, H, T, Dh) at positions offset .. offset+T-1 -> rotated x, same shape and dtype."""
+        t = x.shape[-2]
+        if offset + t > self.max_len:
+            raise ValueError(f"position {offset + t - 1} is beyond max_len={self.max_len}")
+        cos = self.cos[offset : offset + t]  # (T, Dh/2)
+        sin = self.sin[offset : offset + t]
+        x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each (B, H, T, Dh/2): even and odd dims
+        rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, H, T, Dh/2, 2)
+        return rotated.flatten(-2).to(x.dtype)  # (B, H, T, Dh)
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    All heads are projected by one matrix multiplication: self-attention fuses Q, K and V into `qkv_proj`
+    (D -> 3D); encoder-decoder attention projects the query with `q_proj` and the memory with `kv_proj`
+    (D -> 2D), once per sequence when a cache is given.
+    """
+
+    def __init__(self, config: ModelConfig, cross: bool = False, rotary: RotaryEmbedding | None = None) -> None:
+        super().__init__()
+        d, bias = config.d_model, config.bias
+        self.n_heads, self.head_dim, self.cross = config.n_heads, config.head_dim, cross
+        if cross:
+            self.q_proj = nn.Linear(d, d, bias=bias)
+            self.kv_proj = nn.Linear(d, 2 * d, bias=bias)
+        else:
+            self.qkv_proj = nn.Linear(d, 3 * d, bias=bias)
+        self.out_proj = nn.Linear(d, d, bias=bias)
+        self.attention_dropout = config.attention_dropout
+        self.rotary = rotary
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: AttentionCache | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, D) queries; memory: (B, S, D) encoder output for cross-attention (None: self-attention).
+
+        mask: bool, broadcastable to (B, H, T, S), True = may attend (padding of the keys). causal: queries may
+        not attend to later positions (decoder self-attention); with a cache, "later" counts past steps.
+        """
+        B, T, _ = x.shape
+        H, Dh = self.n_heads, self.head_dim
+        offset = cache.length if (cache is not None and not self.cross) else 0
+        q, k, v = self._project(x, memory, cache)  # q (B, H, T, Dh); k, v (B, H, S, Dh)
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if cache is not None and not self.cross:
+            k, v = cache.append(k, v)  # (B, H, offset + T, Dh)
+
+        recorder = _RECORDER.get()
+        dropout_p = self.attention_dropout if self.training else 0.0
+        if recorder is not None:
+            full_mask = combine(mask, causal_mask(T, k.shape[2], x.device) if causal else None)
+            out, weights = scaled_dot_product_attention(q, k, v, full_mask)
+            recorder.add(self, weights)
+            if dropout_p:
+                out = (F.dropout(weights, dropout_p) @ v.float()).to(q.dtype)
+        elif causal and offset == 0 and mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            # With a cache, one new query (T == 1) may see every past key; longer chunks need the shifted mask.
+            need_causal = causal and T > 1
+            full_mask = combine(mask, causal_mask(T, k.shape[2], x.device) if need_causal else None)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=full_mask, dropout_p=dropout_p)
+        out = out.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, D): concatenate the heads
+        return self.out_proj(out)
+
+    def _project(
+        self, x: torch.Tensor, memory: torch.Tensor | None, cache: AttentionCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        H, Dh = self.n_heads, self.head_dim
+        if not self.cross:
+            qkv = self.qkv_proj(x).view(B, T, 3, H, Dh)  # (B, T, 3, H, Dh)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, Dh)
+            return q, k, v
+        q = self.q_proj(x).view(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)
+        if cache is not None and cache.k is not None:
+            return q, cache.k, cache.v  # memory keys/values were projected at the first step
+        if memory is None:
+            raise ValueError("encoder-decoder attention needs `memory` (the encoder output)")
+        S = memory.shape[1]
+        kv = self.kv_proj(memory).view(B, S, 2, H, Dh)  # (B, S, 2, H, Dh)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, S, Dh)
+        if cache is not None:
+            cache.set_static(k, v)
+        return q, k, v

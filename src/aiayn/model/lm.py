@@ -1,0 +1,41 @@
+"""The decoder-only language model (GPT-style), built from the same layers as the Transformer's decoder,
+without encoder-decoder attention.
+
+Shapes: B batch, T sequence length, D d_model, V vocab.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from aiayn.config import ModelConfig
+from aiayn.model.attention import KVCache
+from aiayn.model.layers import InputEmbedding, TokenEmbedding
+from aiayn.model.transformer import Decoder, OutputProjection, init_linear_weights
+
+
+class LanguageModel(nn.Module):
+    """Predicts each next token from the ones before it: masked self-attention stacks (n_decoder_layers).
+
+    `forward(ids)` returns logits for every position; with a cache, pass only the new tokens at each step.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.arch != "lm":
+            raise ValueError(f"LanguageModel needs ModelConfig.arch='lm', got {config.arch!r}; use Transformer")
+        self.config = config
+        token = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
+        self.embed = InputEmbedding(config, token)
+        self.decoder = Decoder(config, cross=False)
+        init_linear_weights(self)
+        self.output = OutputProjection(config, token if config.tie_embeddings else None)
+
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, V). Positions continue from `cache.length` when a cache is given."""
+        offset = cache.length if cache is not None else 0
+        return self.output(self.decoder(self.embed(ids, offset), cache=cache))
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_decoder_layers)

@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_type_hints
 
+# Special token ids, fixed so that every tokenizer, data file and checkpoint agrees on them.
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
 Arch = Literal["seq2seq", "lm"]
 Norm = Literal["post", "pre"]
 NormType = Literal["layernorm", "rmsnorm"]

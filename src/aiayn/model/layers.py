@@ -157,3 +157,11 @@ class AddNorm(nn.Module):
         if self.pre:
             return x + self.dropout(sublayer(self.norm(x)))
         return self.norm(x + self.dropout(sublayer(x)))
+
+
+def softmax(logits: torch.Tensor, temperature: float = 1.0, dim: int = -1) -> torch.Tensor:
+    """The output softmax with a temperature: softmax(logits / T). T < 1 sharpens the distribution, T > 1
+    flattens it, T = 1 is the plain softmax. Computed in fp32 (bf16 logits would lose small probabilities)."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature={temperature} must be a finite number > 0 (use greedy decoding for T = 0)")
+    return torch.softmax(logits.float() / temperature, dim=dim)

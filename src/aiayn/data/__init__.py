@@ -1,0 +1,1 @@
+"""Reading the user's text, batching it, and the built-in generated tasks."""

@@ -1,0 +1,43 @@
+"""Built-in generated tasks, deterministic by seed: data that needs no download, for smoke tests and examples.
+
+`copy`: the target is the source; `reverse`: the target is the source reversed. Both need attention to the
+right source position at every step, so a model that learns them exactly has working masks and positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+FIRST_SYMBOL = UNK_ID + 1  # ids below are the special tokens pad / bos / eos / unk
+
+
+def symbol_task(
+    task: str, n: int, generator: torch.Generator, n_symbols: int = 10, min_len: int = 3, max_len: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random sequences of min_len..max_len symbols (ids FIRST_SYMBOL .. FIRST_SYMBOL + n_symbols - 1).
+
+    Returns right-padded (src (n, max_len), tgt (n, max_len + 2)); tgt is BOS, the answer, EOS. Feed
+    tgt[:, :-1] to the decoder and predict tgt[:, 1:] (teacher forcing). Vocabulary size: FIRST_SYMBOL + n_symbols.
+    """
+    if task not in ("copy", "reverse"):
+        raise ValueError(f"task={task!r} is not one of 'copy' | 'reverse'")
+    if not 1 <= min_len <= max_len:
+        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=generator)
+    symbols = torch.randint(FIRST_SYMBOL, FIRST_SYMBOL + n_symbols, (n, max_len), generator=generator)
+    positions = torch.arange(max_len)[None, :]  # (1, max_len)
+    real = positions < lengths[:, None]  # (n, max_len): True on the first `length` columns
+    src = symbols.masked_fill(~real, PAD_ID)
+    if task == "reverse":
+        # Position i of the answer is source position length - 1 - i.
+        index = (lengths[:, None] - 1 - positions).clamp(min=0)  # (n, max_len)
+        answer = src.gather(1, index).masked_fill(~real, PAD_ID)
+    else:
+        answer = src
+    tgt = torch.full((n, max_len + 2), PAD_ID)
+    tgt[:, 0] = BOS_ID
+    tgt[:, 1:-1] = answer
+    tgt[torch.arange(n), lengths + 1] = EOS_ID
+    return src, tgt

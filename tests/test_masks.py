@@ -45,3 +45,21 @@ def test_combine_is_logical_and_with_broadcast():
     expected_row2 = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 0, 0]], dtype=torch.bool)
     assert torch.equal(both[1, 0], expected_row2)
     assert combine(None, None) is None
+
+
+def test_no_additive_mask_constants_in_the_package():
+    """Masks are boolean and applied with masked_fill / SDPA; an additive -1e9 (or -1e4) overflows in fp16 and
+    turns fully masked rows into NaN (reliability battery N2)."""
+    import re
+    from pathlib import Path
+
+    import aiayn
+
+    pattern = re.compile(r"-\s*1e[49]\b|-\s*10000\.0?\b|float\(\s*['\"]-inf['\"]\s*\)|-math\.inf|-torch\.inf")
+    offenders = [
+        f"{path.name}:{n}: {line.strip()}"
+        for path in Path(aiayn.__file__).parent.rglob("*.py")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []

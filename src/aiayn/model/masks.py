@@ -1,8 +1,8 @@
 """Attention masks: the only place they are built.
 
 Convention (the same as torch.nn.functional.scaled_dot_product_attention): a boolean tensor in which
-True means "this query may attend to this key". Masks are never additive (-1e9 overflows in fp16 and
-turns fully masked rows into NaN); the attention functions apply them with masked_fill / SDPA.
+True means "this query may attend to this key". Masks are never additive (a large negative constant overflows
+in fp16 and turns fully masked rows into NaN); the attention functions apply them with masked_fill / SDPA.
 
 Shapes: B batch, T query length, S key length. Masks broadcast against scores of shape (B, H, T, S).
 """

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from aiayn import ModelConfig
-from aiayn.config import PAD_ID
+from aiayn.config import EOS_ID, PAD_ID
 from aiayn.data.tasks import FIRST_SYMBOL, symbol_task
 from aiayn.decoding import greedy
 from aiayn.model import Transformer
@@ -53,7 +53,7 @@ def main() -> None:
     model.eval()
     src, _ = symbol_task("reverse", 500, torch.Generator().manual_seed(10_000 + args.seed), n_symbols=n_symbols)
     out = greedy(model, src, max_len=src.shape[1] + 1)
-    sources = [s[s != PAD_ID].tolist() for s in src]
+    sources = [s[(s != PAD_ID) & (s != EOS_ID)].tolist() for s in src]
     exact = sum(o == s[::-1] for o, s in zip(out, sources, strict=True))
     for s, o in list(zip(sources, out, strict=True))[:5]:
         print(f"  {s} -> {o}")

@@ -13,11 +13,11 @@ from aiayn.model import Transformer
 @pytest.mark.parametrize("task", ["copy", "reverse"])
 def test_symbol_task_layout(task):
     src, tgt = symbol_task(task, 50, torch.Generator().manual_seed(1), min_len=2, max_len=6)
-    assert src.shape == (50, 6) and tgt.shape == (50, 8)
+    assert src.shape == (50, 7) and tgt.shape == (50, 8)
     for s, t in zip(src.tolist(), tgt.tolist(), strict=True):
-        seq = [x for x in s if x != PAD_ID]
+        seq = s[: s.index(EOS_ID)]
         assert 2 <= len(seq) <= 6 and all(x >= FIRST_SYMBOL for x in seq)
-        assert s[len(seq) :] == [PAD_ID] * (6 - len(seq))  # right padding only
+        assert s[len(seq) :] == [EOS_ID] + [PAD_ID] * (6 - len(seq))  # EOS, then right padding only
         answer = seq if task == "copy" else seq[::-1]
         assert t == [BOS_ID, *answer, EOS_ID] + [PAD_ID] * (6 - len(seq))
 

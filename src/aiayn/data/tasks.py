@@ -18,8 +18,11 @@ def symbol_task(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n random sequences of min_len..max_len symbols (ids FIRST_SYMBOL .. FIRST_SYMBOL + n_symbols - 1).
 
-    Returns right-padded (src (n, max_len), tgt (n, max_len + 2)); tgt is BOS, the answer, EOS. Feed
-    tgt[:, :-1] to the decoder and predict tgt[:, 1:] (teacher forcing). Vocabulary size: FIRST_SYMBOL + n_symbols.
+    Returns right-padded (src (n, max_len + 1), tgt (n, max_len + 2)): src is the sequence then EOS, tgt is BOS,
+    the answer, EOS. Feed tgt[:, :-1] to the decoder and predict tgt[:, 1:] (teacher forcing). Vocabulary size:
+    FIRST_SYMBOL + n_symbols. The source ends with EOS, as in Marian and fairseq, so that "the source is used up"
+    is a token the decoder can attend to; without it a model must infer the end from positions alone, and
+    small models then stop one token early on full-length sequences that end in a repeated symbol.
     """
     if task not in ("copy", "reverse"):
         raise ValueError(f"task={task!r} is not one of 'copy' | 'reverse'")
@@ -29,15 +32,19 @@ def symbol_task(
     symbols = torch.randint(FIRST_SYMBOL, FIRST_SYMBOL + n_symbols, (n, max_len), generator=generator)
     positions = torch.arange(max_len)[None, :]  # (1, max_len)
     real = positions < lengths[:, None]  # (n, max_len): True on the first `length` columns
-    src = symbols.masked_fill(~real, PAD_ID)
+    sequences = symbols.masked_fill(~real, PAD_ID)  # (n, max_len)
     if task == "reverse":
         # Position i of the answer is source position length - 1 - i.
         index = (lengths[:, None] - 1 - positions).clamp(min=0)  # (n, max_len)
-        answer = src.gather(1, index).masked_fill(~real, PAD_ID)
+        answer = sequences.gather(1, index).masked_fill(~real, PAD_ID)
     else:
-        answer = src
+        answer = sequences
+    rows = torch.arange(n)
+    src = torch.full((n, max_len + 1), PAD_ID)
+    src[:, :-1] = sequences
+    src[rows, lengths] = EOS_ID
     tgt = torch.full((n, max_len + 2), PAD_ID)
     tgt[:, 0] = BOS_ID
     tgt[:, 1:-1] = answer
-    tgt[torch.arange(n), lengths + 1] = EOS_ID
+    tgt[rows, lengths + 1] = EOS_ID
     return src, tgt

@@ -8,7 +8,7 @@ import torch
 
 from aiayn import ModelConfig
 from aiayn.model import MultiHeadAttention, record_attention, scaled_dot_product_attention
-from aiayn.model.attention import AttentionCache
+from aiayn.model.attention import AttentionCache, fast_attention
 from aiayn.model.layers import softmax
 from aiayn.model.masks import causal_mask, padding_mask
 from aiayn.model.transformer import make_rotary
@@ -87,9 +87,23 @@ def test_fast_path_equals_readable_path(dtype, tol, kind):
     q, k, v = _qkv(dtype)
     mask = _masks()[kind]
     readable, _ = scaled_dot_product_attention(q, k, v, mask)
-    fast = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert readable.dtype == dtype
-    torch.testing.assert_close(readable.float(), fast.float(), atol=tol, rtol=tol)
+    fast = fast_attention(q, k, v, mask)
+    assert readable.dtype == fast.dtype == dtype
+    close = dict(atol=tol, rtol=tol)
+    torch.testing.assert_close(readable.float(), fast.float(), **close)
+    if kind == "causal":  # without a cache (T == S), the fused kernel's is_causal flag = the explicit mask
+        q, k, v = _qkv(dtype, T=7, S=7)
+        expected, _ = scaled_dot_product_attention(q, k, v, causal_mask(7))
+        torch.testing.assert_close(fast_attention(q, k, v, None, is_causal=True).float(), expected.float(), **close)
+
+
+def test_fast_path_under_bf16_autocast_returns_bf16_and_matches():
+    q, k, v = _qkv()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast_attention(q, k, v, _masks()["padding"])
+    assert out.dtype == torch.bfloat16  # what autocast promises the next layer, although computed in fp32
+    expected, _ = scaled_dot_product_attention(q, k, v, _masks()["padding"])
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

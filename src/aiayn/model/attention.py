@@ -50,6 +50,31 @@ def scaled_dot_product_attention(
     return (weights @ v.float()).to(q.dtype), weights
 
 
+def fast_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """The fast path: torch.nn.functional.scaled_dot_product_attention (fused kernels; no (T, S) weights kept).
+
+    On the CPU, half-precision inputs run in fp32: PyTorch's bf16 flash-attention backward on the CPU is up to 6x
+    slower than fp32 for short sentences (290 x 14 tokens, 4 heads: 88 ms vs 15 ms forward + backward; equal at 256
+    tokens; see benchmarks/RESULTS.md), and attention is a small share of the model's FLOPs, so the casts cost
+    little. Elsewhere (GPUs) the half-precision kernels are the fast ones and run as they are.
+    """
+    if q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")):
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the fp32 inputs straight back
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+            )
+        return out.to(dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
 class AttentionCache:
     """Keys and values of one attention module across decoding steps.
 
@@ -227,12 +252,12 @@ class MultiHeadAttention(nn.Module):
             if dropout_p:
                 out = (F.dropout(weights, dropout_p) @ v.float()).to(q.dtype)
         elif causal and offset == 0 and mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            out = fast_attention(q, k, v, None, dropout_p, is_causal=True)
         else:
             # With a cache, one new query (T == 1) may see every past key; longer chunks need the shifted mask.
             need_causal = causal and T > 1
             full_mask = combine(mask, causal_mask(T, k.shape[2], x.device) if need_causal else None)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=full_mask, dropout_p=dropout_p)
+            out = fast_attention(q, k, v, full_mask, dropout_p)
         out = out.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, D): concatenate the heads
         return self.out_proj(out)
 

@@ -15,6 +15,9 @@ state, activations and whatever the allocator keeps.
 Every engine gets what a real training loop would pass it: padding masks of the source and target (all True here,
 as random ids 1..V-1 contain no padding id 0) and a causal decoder. The loss is computed in fp32 from the logits.
 
+The machine may be shared. Steps during which other processes kept more than CONTENDED cores busy are left out
+of the figures (more steps are run instead, see run_cell); a figure with no undisturbed step is marked with *.
+
     python benchmarks/bench_model.py --configs small --shapes 290x14 --steps 3
     python benchmarks/bench_model.py --configs small --shapes 290x14 --precisions fp32 --profile aiayn
 
@@ -29,6 +32,7 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,20 +50,24 @@ PAD = 0
 THREADS = 2
 SEED = 0
 
-# Shapes of the two configurations compared: "base" is the paper's base model (Table 3), "small" a quarter of it.
+# Shapes of the two configurations compared: "base" is the paper's base model (Table 3), "small" half as wide
+# and half as deep.
 CONFIGS: dict[str, dict[str, int]] = {
     "small": {"d_model": 256, "n_layers": 3, "n_heads": 4, "d_ff": 1024},
     "base": {"d_model": 512, "n_layers": 6, "n_heads": 8, "d_ff": 2048},
 }
 # Warm-up and timed steps per config when --warmup / --steps are not given: enough for a stable median, few
-# enough that the default run (both configs, shapes and precisions, three engines: 24 cells) takes about 20
-# minutes on 2 quiet cores. A base step takes ~15 s there, a small one ~4 s.
+# enough that the default run (both configs, shapes and precisions, three engines: 24 cells) takes about 11
+# minutes on 2 quiet cores, where a small step takes ~2 s and a base step 5-14 s.
 DEFAULT_STEPS = {"small": 5, "base": 2}
 DEFAULT_WARMUP = {"small": 2, "base": 1}
 ENGINES = ("aiayn", "torch", "hf")
 PRECISIONS = ("fp32", "bf16")
-# Cores kept busy by other processes above which a cell's timing is flagged as disturbed.
+# Cores kept busy by other processes above which a step counts as disturbed. On 2 cores with 2 OpenMP threads a
+# busy neighbour costs far more than its share: every parallel region waits for the descheduled thread (we saw
+# steps 2-5x slower with one foreign core busy), so disturbed steps are left out of the figures (see run_cell).
 CONTENDED = 0.2
+MAX_STEPS_FACTOR = 3
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class Cell:
     batch: int  # sentence pairs per step
     length: int  # tokens per source and per target sentence
     precision: str
-    steps: int
+    steps: int  # undisturbed timed steps wanted
     warmup: int
 
     @property
@@ -235,34 +243,39 @@ def busy_cpu_seconds() -> float:
 
 
 def run_cell(cell: Cell) -> dict:
-    """Warm up, then time `cell.steps` training steps one by one. Meant to run in a fresh process (see main).
+    """Warm up, then time training steps one by one until `cell.steps` of them ran undisturbed. Meant to run in
+    a fresh process (see main).
 
-    Also measures how many cores other processes kept busy while the steps ran ("others_load"): on a shared
-    2-core machine this says whether a number can be trusted.
+    Measures, per step, how many cores other processes kept busy ("others_load"); a step is quiet when that is at
+    most CONTENDED. On a busy machine it keeps stepping, up to MAX_STEPS_FACTOR x `cell.steps` steps in all. The
+    figures are the median of the quiet steps, or of all steps, flagged "contended", if none was quiet.
     """
     torch.set_num_threads(THREADS)
     rss_before = current_rss()
     step = make_training_step(cell)
     for _ in range(cell.warmup):
         step()
-    times, losses = [], []
-    busy, own, wall = busy_cpu_seconds(), time.process_time(), time.perf_counter()
-    for _ in range(cell.steps):
-        start = time.perf_counter()
+    times, loads, losses, quiet = [], [], [], []
+    while len(quiet) < cell.steps and len(times) < MAX_STEPS_FACTOR * cell.steps:
+        busy, own, start = busy_cpu_seconds(), time.process_time(), time.perf_counter()
         losses.append(step())
         times.append(time.perf_counter() - start)
-    others_load = (busy_cpu_seconds() - busy - (time.process_time() - own)) / (time.perf_counter() - wall)
+        loads.append(max(busy_cpu_seconds() - busy - (time.process_time() - own), 0.0) / times[-1])
+        if loads[-1] <= CONTENDED:
+            quiet.append(times[-1])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    median = statistics.median(times)
+    median = statistics.median(quiet or times)
     tokens = cell.batch * cell.length
     return {
         **asdict(cell),
         "step_s": times,
+        "others_load": loads,
+        "quiet_steps": len(quiet),
+        "contended": not quiet,
         "median_step_s": median,
         "tokens_per_s": tokens / median,
         "gflop_per_s": training_flops(cell) / median / 1e9,
         "peak_mib": (peak - rss_before) / 2**20,
-        "others_load": max(others_load, 0.0),
         "last_loss": losses[-1],
     }
 
@@ -293,19 +306,39 @@ def training_flops(cell: Cell) -> float:
 # ---------------------------------------------------------------------------------------------------- the report
 
 
+def aiayn_version() -> str:
+    """The commit of the aiayn checkout measured, "-dirty" if it has uncommitted changes: the model is being
+    optimised while it is benchmarked, so a number means little without it."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return described.stdout.strip()
+
+
 def markdown_table(results: list[dict], engines: list[str]) -> str:
-    """One row per config x shape x precision: tokens/s per engine, aiayn's ratios, GFLOP/s and peak memory."""
+    """One row per config x shape x precision: tokens/s per engine, aiayn's ratios, GFLOP/s and peak memory.
+    A figure measured while other processes kept the machine busy (no quiet step) is marked with *."""
     rows: dict[tuple, dict[str, dict]] = {}
     for r in results:
         rows.setdefault((r["config"], f"{r['batch']}x{r['length']}", r["precision"]), {})[r["engine"]] = r
 
+    def mark(*runs: dict) -> str:
+        return "*" if any(r["contended"] for r in runs) else ""
+
     def tokens(cell: dict[str, dict], engine: str) -> str:
-        return f"{cell[engine]['tokens_per_s']:,.0f}" if engine in cell else "-"
+        return f"{cell[engine]['tokens_per_s']:,.0f}{mark(cell[engine])}" if engine in cell else "-"
 
     def ratio(cell: dict[str, dict], other: str) -> str:
         if "aiayn" not in cell or other not in cell:
             return "-"
-        return f"{cell['aiayn']['tokens_per_s'] / cell[other]['tokens_per_s']:.2f}"
+        return f"{cell['aiayn']['tokens_per_s'] / cell[other]['tokens_per_s']:.2f}{mark(cell['aiayn'], cell[other])}"
 
     header = (
         ["config", "shape", "precision"]
@@ -315,7 +348,7 @@ def markdown_table(results: list[dict], engines: list[str]) -> str:
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for (config, shape, precision), cell in rows.items():
-        gflops = f"{cell['aiayn']['gflop_per_s']:.0f}" if "aiayn" in cell else "-"
+        gflops = f"{cell['aiayn']['gflop_per_s']:.0f}{mark(cell['aiayn'])}" if "aiayn" in cell else "-"
         memory = [f"{cell[e]['peak_mib']:.0f}" if e in cell else "-" for e in engines]
         row = (
             [config, shape, precision]
@@ -324,6 +357,11 @@ def markdown_table(results: list[dict], engines: list[str]) -> str:
             + memory
         )
         lines.append("| " + " | ".join(row) + " |")
+    if any(r["contended"] for r in results):
+        lines.append(
+            f"\n\\* every timed step shared the machine with other processes (> {CONTENDED} cores busy): "
+            "pessimistic, do not compare"
+        )
     return "\n".join(lines)
 
 
@@ -337,10 +375,15 @@ def profile(cell: Cell, rows: int) -> None:
     step = make_training_step(cell)
     for _ in range(cell.warmup):
         step()
+    busy, own, start = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(cell.steps):
             step()
-    print(f"## profile: {cell.engine} {cell.config} {cell.shape} {cell.precision}, {cell.steps} steps")
+    others_load = (busy_cpu_seconds() - busy - (time.process_time() - own)) / (time.perf_counter() - start)
+    print(
+        f"## profile: {cell.engine} {cell.config} {cell.shape} {cell.precision}, {cell.steps} steps "
+        f"(other processes kept {max(others_load, 0.0):.2f} cores busy meanwhile)"
+    )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60))
 
 
@@ -364,6 +407,23 @@ def parse_shape(text: str) -> tuple[int, int]:
     return batch, length
 
 
+def measure(cell: Cell) -> dict:
+    """Run one cell in a fresh process (isolated caches and allocator, and a peak RSS that belongs to this cell
+    alone) and log its result to stderr."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        result = pool.submit(run_cell, cell).result()
+    print(
+        f"{cell.engine:>5} {cell.config} {cell.shape:>6} {cell.precision}: "
+        f"{result['tokens_per_s']:>8,.0f} tok/s, median step {result['median_step_s'] * 1e3:,.0f} ms, "
+        f"peak {result['peak_mib']:,.0f} MiB, loss {result['last_loss']:.3f}, "
+        f"quiet steps {result['quiet_steps']}/{len(result['step_s'])} "
+        f"(others' load per step: {', '.join(f'{load:.2f}' for load in result['others_load'])})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", type=lambda s: parse_list(s, tuple(CONFIGS)), default=list(CONFIGS))
@@ -375,15 +435,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--precisions", type=lambda s: parse_list(s, PRECISIONS), default=list(PRECISIONS))
     parser.add_argument("--engines", type=lambda s: parse_list(s, ENGINES), default=list(ENGINES))
-    parser.add_argument("--steps", type=int, help=f"timed steps per cell (default per config: {DEFAULT_STEPS})")
     parser.add_argument(
-        "--warmup", type=int, help=f"untimed steps before timing (default per config: {DEFAULT_WARMUP})"
+        "--steps", type=int, help=f"undisturbed timed steps per cell (default per config: {DEFAULT_STEPS})"
     )
     parser.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="measure each cell this many times, engines taking turns; the table shows the fastest run (default 1)",
+        "--warmup", type=int, help=f"untimed steps before timing (default per config: {DEFAULT_WARMUP})"
     )
     parser.add_argument("--json", help="also write every measurement (with per-step times) to this file")
     parser.add_argument(
@@ -417,47 +473,17 @@ def main(argv: list[str] | None = None) -> None:
         profile(profile_cells[0], args.top)
         return
 
+    version = aiayn_version()
     runs = []
     started = time.perf_counter()
     for row in zip(*(cells(e) for e in args.engines), strict=True):
-        # Engines take turns within a round, so that a burst of load from other processes hits them alike.
-        for _ in range(args.repeats):
-            for cell in row:
-                runs.append(measure(cell))
+        runs.extend(measure(cell) for cell in row)
     print(f"total {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    best: dict[Cell, dict] = {}
-    for run in runs:
-        if run["cell"] not in best or run["tokens_per_s"] > best[run["cell"]]["tokens_per_s"]:
-            best[run["cell"]] = run
-    print(markdown_table(list(best.values()), args.engines))
-    contended = [run for run in best.values() if run["others_load"] > CONTENDED]
-    if contended:
-        print()
-    for run in contended:
-        print(
-            f"warning: other processes kept {run['others_load']:.2f} cores busy during {run['engine']} "
-            f"{run['config']} {run['batch']}x{run['length']} {run['precision']}; its numbers are pessimistic"
-        )
+    print(markdown_table(runs, args.engines))
+    print(f"\naiayn {version}, torch {torch.__version__}, {THREADS} threads")
     if args.json:
         with open(args.json, "w") as f:
-            runs_data = [{k: v for k, v in run.items() if k != "cell"} for run in runs]
-            json.dump({"torch": torch.__version__, "threads": THREADS, "runs": runs_data}, f, indent=1)
-
-
-def measure(cell: Cell) -> dict:
-    """Run one cell in a fresh process (isolated caches and allocator, and a peak RSS that belongs to this cell
-    alone) and log its result to stderr."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        result = pool.submit(run_cell, cell).result()
-    print(
-        f"{cell.engine:>5} {cell.config} {cell.shape:>6} {cell.precision}: "
-        f"{result['tokens_per_s']:>8,.0f} tok/s, median step {result['median_step_s'] * 1e3:,.0f} ms, "
-        f"peak {result['peak_mib']:,.0f} MiB, loss {result['last_loss']:.3f}, "
-        f"others' load {result['others_load']:.2f} cores",
-        file=sys.stderr,
-        flush=True,
-    )
-    return {"cell": cell, **result}
+            json.dump({"aiayn": version, "torch": torch.__version__, "threads": THREADS, "runs": runs}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 
 from aiayn import ModelConfig
 from aiayn.model import MultiHeadAttention, record_attention, scaled_dot_product_attention
-from aiayn.model.attention import AttentionCache, fast_attention
+from aiayn.model.attention import FP32_ATTENTION_MAX_KEYS, AttentionCache, fast_attention
 from aiayn.model.layers import softmax
 from aiayn.model.masks import causal_mask, padding_mask
 from aiayn.model.transformer import make_rotary
@@ -95,6 +95,24 @@ def test_fast_path_equals_readable_path(dtype, tol, kind):
         q, k, v = _qkv(dtype, T=7, S=7)
         expected, _ = scaled_dot_product_attention(q, k, v, causal_mask(7))
         torch.testing.assert_close(fast_attention(q, k, v, None, is_causal=True).float(), expected.float(), **close)
+
+
+@pytest.mark.parametrize("keys", [7, FP32_ATTENTION_MAX_KEYS + 1])  # the CPU fp32 path, and the bf16 kernel
+def test_bf16_fast_path_gradients_match_the_readable_path(keys):
+    q, k, v = _qkv(torch.bfloat16, S=keys)
+    for p in (q, k, v):
+        p.requires_grad_(True)
+    mask = torch.ones(3, 1, 1, keys, dtype=torch.bool)
+    mask[1, ..., keys // 2 :] = False
+    out = fast_attention(q, k, v, mask)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    reference = [p.detach().float().requires_grad_(True) for p in (q, k, v)]
+    expected, _ = scaled_dot_product_attention(*reference, mask)
+    expected_grads = torch.autograd.grad(expected.square().sum(), reference)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g.float(), e, atol=5e-2, rtol=5e-2)
 
 
 def test_fast_path_under_bf16_autocast_returns_bf16_and_matches():

@@ -19,6 +19,7 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from aiayn.config import ModelConfig
 from aiayn.model.masks import causal_mask, combine
@@ -50,6 +51,10 @@ def scaled_dot_product_attention(
     return (weights @ v.float()).to(q.dtype), weights
 
 
+# Longest key sequence for which CPU half-precision attention runs in fp32 (see fast_attention).
+FP32_ATTENTION_MAX_KEYS = 128
+
+
 def fast_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -60,19 +65,36 @@ def fast_attention(
 ) -> torch.Tensor:
     """The fast path: torch.nn.functional.scaled_dot_product_attention (fused kernels; no (T, S) weights kept).
 
-    On the CPU, half-precision inputs run in fp32: PyTorch's bf16 flash-attention backward on the CPU is up to 6x
-    slower than fp32 for short sentences (290 x 14 tokens, 4 heads: 88 ms vs 15 ms forward + backward; equal at 256
-    tokens; see benchmarks/RESULTS.md), and attention is a small share of the model's FLOPs, so the casts cost
-    little. Elsewhere (GPUs) the half-precision kernels are the fast ones and run as they are.
+    On the CPU, half-precision inputs of up to FP32_ATTENTION_MAX_KEYS keys run in fp32: PyTorch's bf16
+    flash-attention backward on the CPU is much slower than its fp32 one for short sequences (causal, 8 heads,
+    4,096 tokens, forward + backward: 200 ms vs 31 ms at 14 tokens, 83 vs 33 at 64, 112 vs 63 at 128, equal at 256;
+    see benchmarks/RESULTS.md). Elsewhere (GPUs) the half-precision kernels are the fast ones and run as they are.
     """
-    if q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")):
+    half = q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")
+    if q.device.type == "cpu" and half and k.shape[-2] <= FP32_ATTENTION_MAX_KEYS:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-        with torch.autocast("cpu", enabled=False):  # autocast would cast the fp32 inputs straight back
-            out = F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
-            )
-        return out.to(dtype)
+        if torch.is_grad_enabled() and q.requires_grad:
+            # Keep only the half-precision q, k, v for the backward and recompute the fp32 attention there:
+            # saving the fp32 copies would cost more memory than the half-precision kernel does.
+            return checkpoint(_fp32_attention, q, k, v, mask, dropout_p, is_causal, dtype, use_reentrant=False)
+        return _fp32_attention(q, k, v, mask, dropout_p, is_causal, dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
+def _fp32_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    with torch.autocast("cpu", enabled=False):  # autocast would cast the fp32 inputs straight back
+        out = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+        )
+    return out.to(dtype)
 
 
 class AttentionCache:

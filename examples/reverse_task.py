@@ -30,8 +30,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     n_symbols = 10
     config = ModelConfig(
-        vocab_size=FIRST_SYMBOL + n_symbols, d_model=64, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
-        d_ff=128, dropout=0.0,
+        vocab_size=FIRST_SYMBOL + n_symbols, d_model=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
+        d_ff=256, dropout=0.0,
     )  # fmt: skip
     model = Transformer(config)
     print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, {config}")

@@ -27,7 +27,7 @@ def test_readme_states_the_commands_ci_runs():
 
 
 def test_main_job_example_runs_and_reports_its_accuracy():
-    """The README's first command; a short run here (the full one reaches 500/500, see the README)."""
+    """The README's first command; a short run here (the full 400 steps reverse 500/500, as the README says)."""
     import subprocess
     import sys
 

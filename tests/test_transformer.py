@@ -219,3 +219,13 @@ def test_tiny_model_learns_to_copy():
     out = greedy(model, src, max_len=src.shape[1] + 1)
     correct = sum(o == s[(s != PAD) & (s != EOS)].tolist() for o, s in zip(out, src, strict=True))
     assert correct == len(out), f"{correct}/{len(out)} copied exactly (final loss {loss:.4f})"
+
+
+def test_wrong_family_and_missing_memory_give_clear_errors():
+    with pytest.raises(ValueError, match="Transformer needs ModelConfig.arch='seq2seq', got 'lm'"):
+        Transformer(tiny("lm"))
+    with pytest.raises(ValueError, match="LanguageModel needs ModelConfig.arch='lm', got 'seq2seq'"):
+        LanguageModel(tiny())
+    model = Transformer(tiny()).eval()
+    with pytest.raises(ValueError, match="encoder-decoder attention needs `memory`"):
+        model.decode(padded_batch([3]), None, None)

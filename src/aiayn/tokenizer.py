@@ -1,0 +1,412 @@
+"""Subword tokenizer: BPE with byte fallback, trained with Hugging Face `tokenizers` (Rust), saved as tokenizer.json.
+
+Design
+- Special tokens `<pad>`, `<bos>`, `<eos>`, `<unk>` have the ids of `aiayn.config` (0, 1, 2, 3), the 256 byte tokens
+  `<0x00>` .. `<0xFF>` come next (ids 4 .. 259), then the characters seen in training, then the learned merges.
+- Byte fallback: a character the vocabulary lacks (an emoji never seen, say) is encoded as its UTF-8 bytes, so
+  nothing ever becomes `<unk>` and every text round-trips: `decode(encode(t)) == normalize(t)` for any str `t`.
+- Whitespace is kept as it is, inside the tokens (" the" is one token); there is no "▁" substitute, so a text that
+  contains "▁" itself still round-trips. The pre-tokenizer splits a text into pieces (an optional leading space then
+  letters, digits, or other symbols; runs of spaces; each "\\n") and merges never cross pieces. Chinese has no
+  spaces, so a Chinese clause is one piece and learns merges inside it; a character seen in training is one token.
+- The special tokens are plain vocabulary entries, not "added tokens": the text "<eos>" in user data is ordinary
+  text (tokens "<", "eos", ">"), never the id EOS_ID. Merges that would spell a special or byte token are dropped.
+- `kind="char"`: the same model with no merges and a pre-tokenizer that isolates every character: one token per
+  character seen in training, bytes for the rest (the nanoGPT Shakespeare setup).
+
+Normalisation (`normalize`, also built into tokenizer.json so that the Rust encoder applies it): U+200B (zero-width
+space) and U+FEFF (BOM) are removed; "\\r\\n" becomes "\\n"; every other space-like character (str.isspace(): tab,
+"\\r", NBSP, U+2000-U+200A, U+202F, U+205F, U+3000, U+0085, U+2028, U+2029, ...) becomes " ". "\\n" is kept. There is
+no case folding, no NFKC, and spaces are neither collapsed nor stripped. U+200D (zero-width joiner) is kept. Lone
+surrogates (which are not valid Unicode text) become U+FFFD.
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from tokenizers import Regex, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer as _RustTokenizer
+from tokenizers.models import BPE
+
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+__all__ = [
+    "KINDS",
+    "SPECIAL_TOKENS",
+    "BYTE_TOKENS",
+    "Tokenizer",
+    "normalize",
+    "train_tokenizer",
+    "train_tokenizer_from_files",
+]
+
+KINDS = ("bpe", "char")
+SPECIAL_TOKENS = {"<pad>": PAD_ID, "<bos>": BOS_ID, "<eos>": EOS_ID, "<unk>": UNK_ID}
+_SPECIALS_BY_ID = sorted(SPECIAL_TOKENS, key=SPECIAL_TOKENS.__getitem__)
+assert [SPECIAL_TOKENS[t] for t in _SPECIALS_BY_ID] == list(range(len(SPECIAL_TOKENS))), "special ids must be 0..3"
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+FIRST_BYTE_ID = len(SPECIAL_TOKENS)  # byte b has id FIRST_BYTE_ID + b
+_SKIP_IDS = frozenset((PAD_ID, BOS_ID, EOS_ID))
+
+# Every character c with c.isspace() except "\n" (tests check this list against all of Unicode).
+_SPACE_LIKE = (
+    "\t\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+_REMOVED = "\u200b\ufeff"  # zero-width space, byte order mark
+_SPACE_TABLE = str.maketrans({c: " " for c in _SPACE_LIKE} | {c: None for c in _REMOVED})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# Pre-tokenizer patterns (Oniguruma syntax, as the Rust library reads them).
+_BPE_PATTERN = r" ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{M}\p{N}]+| +(?= )| +|\n"
+_CHAR_PATTERN = r"[\s\S]"
+_INITIAL_ALPHABET = [" ", "\n"]  # always tokens of their own, even when the training text lacks them
+
+
+def normalize(text: str) -> str:
+    """The tokenizer's normalisation, for callers that compare with decoded text (references, say).
+
+    Removes U+200B and U+FEFF, turns "\\r\\n" into "\\n" and every other space-like character into " ".
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"normalize expects a str, got {type(text).__name__}")
+    text = _fix_surrogates(text)
+    # Zero-width characters go first, so that "\r\u200b\n" normalises as "\r\n" does (and normalize is idempotent).
+    for c in _REMOVED:
+        text = text.replace(c, "")
+    return text.replace("\r\n", "\n").translate(_SPACE_TABLE)
+
+
+def _fix_surrogates(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def _rust_normalizer() -> normalizers.Normalizer:
+    """`normalize` as a tokenizers normalizer (same steps, same order)."""
+    steps = [normalizers.Replace(c, "") for c in _REMOVED]
+    steps.append(normalizers.Replace("\r\n", "\n"))
+    steps.append(normalizers.Replace(Regex("[" + _SPACE_LIKE + "]"), " "))
+    return normalizers.Sequence(steps)
+
+
+def _check_vocab_size(vocab_size: object) -> int:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+    return vocab_size
+
+
+def _check_kind(kind: object) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {' | '.join(map(repr, KINDS))}")
+    return kind  # type: ignore[return-value]
+
+
+def _empty_rust_tokenizer(kind: str) -> _RustTokenizer:
+    tok = _RustTokenizer(BPE(unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = _rust_normalizer()
+    pattern = _CHAR_PATTERN if kind == "char" else _BPE_PATTERN
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    return tok
+
+
+def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    """Groups of texts for the Rust trainer (fewer Python -> Rust calls); checks types, fixes lone surrogates."""
+    batch: list[str] = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"training texts must be str, got {type(text).__name__}")
+        batch.append(_fix_surrogates(text))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _finish(trained: _RustTokenizer) -> _RustTokenizer:
+    """Lay out the trained vocabulary as specials (0..3), bytes (4..259), then the trained tokens in trained order.
+
+    Drops merges whose result spells a special or byte token (possible only when the training text contains such
+    strings), and everything that depended on them, so no text can ever encode to a special or byte id by a merge.
+    """
+    data = json.loads(trained.to_str())
+    model = data["model"]
+    trained_vocab = sorted(model["vocab"].items(), key=lambda item: item[1])
+    reserved = set(SPECIAL_TOKENS) | set(BYTE_TOKENS)
+    available = {token for token, _ in trained_vocab if len(token) == 1}  # the alphabet
+    merges = []
+    for merge in model["merges"]:
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if left in available and right in available and left + right not in reserved:
+            merges.append([left, right])
+            available.add(left + right)
+    tokens = _SPECIALS_BY_ID + BYTE_TOKENS + [t for t, _ in trained_vocab if t in available and t not in reserved]
+    model["vocab"] = {token: i for i, token in enumerate(tokens)}
+    model["merges"] = merges
+    data["added_tokens"] = []  # specials are ordinary vocabulary entries; see the module docstring
+    return _RustTokenizer.from_str(json.dumps(data, ensure_ascii=False))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "bpe", min_frequency: int = 2) -> Tokenizer:
+    """Train a tokenizer on `texts` (any iterable of str, consumed once, streamed to the Rust trainer).
+
+    vocab_size: the requested size of the whole vocabulary, specials and the 256 byte tokens included. The vocabulary
+    always holds the 4 specials, the 256 bytes and every character seen in training, so a smaller request is clamped
+    up to that (read `Tokenizer.vocab_size` for the real size); merges fill the rest, and training stops early when
+    no pair is seen `min_frequency` times. For kind="char" the vocabulary is always specials + bytes + every
+    character seen (no merges), so `vocab_size` and `min_frequency` are only validated.
+    Deterministic: the same texts give the same tokenizer.json, byte for byte.
+    """
+    vocab_size = _check_vocab_size(vocab_size)
+    kind = _check_kind(kind)
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
+        raise ValueError(f"min_frequency must be an int >= 0, got {min_frequency!r}")
+    if isinstance(texts, str):
+        raise TypeError("texts must be an iterable of str, not one str (wrap it in a list)")
+    tok = _empty_rust_tokenizer(kind)
+    trainer = trainers.BpeTrainer(
+        # The trainer counts specials, alphabet and merges; the byte tokens are added afterwards.
+        vocab_size=1 if kind == "char" else max(vocab_size - len(BYTE_TOKENS), 1),
+        min_frequency=min_frequency,
+        special_tokens=_SPECIALS_BY_ID,
+        initial_alphabet=_INITIAL_ALPHABET,
+        show_progress=False,
+    )
+    tok.train_from_iterator(_batched(texts), trainer=trainer)
+    return Tokenizer(_finish(tok))
+
+
+def _file_texts(path: Path) -> Iterator[str]:
+    """Lines of a file without their line ends, read in binary; .tsv: the first two tab-separated columns."""
+    tsv = path.suffix.lower() == ".tsv"
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f):
+            line = raw[3:] if number == 0 and raw.startswith(b"\xef\xbb\xbf") else raw
+            if line.endswith(b"\n"):
+                line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            text = line.decode("utf-8", errors="replace")
+            if tsv:
+                yield from text.split("\t")[:2]
+            elif text:
+                yield text
+
+
+def train_tokenizer_from_files(
+    paths: Sequence[str | Path], vocab_size: int, kind: str = "bpe", min_frequency: int = 2
+) -> Tokenizer:
+    """`train_tokenizer` on the lines of text files, streamed (a corpus is never held in memory whole).
+
+    Files are read in binary and decoded as UTF-8 (invalid bytes become U+FFFD; the data module validates files
+    separately); a UTF-8 BOM and CRLF line ends are handled, so CRLF and LF copies of a file train the same
+    tokenizer. For .tsv files only the first two tab-separated columns are used. Line ends are not part of the
+    training text; "\\n" is a token of every vocabulary anyway.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files = [Path(p) for p in paths]
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"training file {str(file)!r} does not exist or is not a file")
+
+    def texts() -> Iterator[str]:
+        for file in files:
+            yield from _file_texts(file)
+
+    return train_tokenizer(texts(), vocab_size, kind=kind, min_frequency=min_frequency)
+
+
+class Tokenizer:
+    """A trained tokenizer: encode text to ids and back. Wraps a `tokenizers.Tokenizer` (Rust)."""
+
+    def __init__(self, rust: _RustTokenizer, source: str = "tokenizer") -> None:
+        self._tok = rust
+        self._check(source)
+        self._vocab_size = rust.get_vocab_size(with_added_tokens=True)
+        pre = json.loads(rust.to_str()).get("pre_tokenizer") or {}
+        self.kind = "char" if (pre.get("pattern") or {}).get("Regex") == _CHAR_PATTERN else "bpe"
+
+    def _check(self, source: str) -> None:
+        want = dict(SPECIAL_TOKENS) | {t: FIRST_BYTE_ID + b for b, t in enumerate(BYTE_TOKENS)}
+        got = {t: self._tok.token_to_id(t) for t in SPECIAL_TOKENS}
+        if got != SPECIAL_TOKENS:
+            expected = ", ".join(f"{t}={i}" for t, i in SPECIAL_TOKENS.items())
+            found = ", ".join(f"{t}={i}" for t, i in got.items())
+            raise ValueError(f"{source}: special token ids must be {expected} (aiayn.config); found {found}")
+        missing = [t for t, i in want.items() if self._tok.token_to_id(t) != i]
+        if missing:
+            raise ValueError(
+                f"{source}: the byte tokens <0x00>..<0xFF> must have ids {FIRST_BYTE_ID}..{FIRST_BYTE_ID + 255} "
+                f"(byte fallback); wrong or missing: {missing[:5]}"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        """The real vocabulary size: specials, byte tokens, characters and merges."""
+        return self._vocab_size
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.fingerprint() == other.fingerprint()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable wrapper; compare by fingerprint()
+
+    # --- encoding --------------------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (normalised first). No BOS / EOS is added."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        return self._tok.encode(_fix_surrogates(text), add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` of many texts at once, in parallel in Rust."""
+        if isinstance(texts, str):
+            raise TypeError("encode_batch expects a sequence of str, not one str")
+        fixed = []
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"encode_batch expects str items, got {type(text).__name__}")
+            fixed.append(_fix_surrogates(text))
+        return [e.ids for e in self._tok.encode_batch(fixed, add_special_tokens=False)]
+
+    def _clean(self, ids: Iterable[int]) -> list[int]:
+        # int() accepts numpy / torch integer scalars; pad, bos, eos and ids outside the vocabulary are skipped.
+        out = []
+        for i in ids:
+            i = int(i)
+            if 0 <= i < self._vocab_size and i not in _SKIP_IDS:
+                out.append(i)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids. Skips pad / bos / eos (it does not stop at eos) and ids outside the vocabulary;
+        `<unk>` reads "<unk>". Byte tokens are joined into UTF-8; invalid bytes read U+FFFD (never raises)."""
+        return self._tok.decode(self._clean(ids), skip_special_tokens=False)
+
+    def decode_batch(self, batch: Iterable[Sequence[int]]) -> list[str]:
+        """`decode` of many id sequences (a list of lists, or a 2-D tensor / array)."""
+        return self._tok.decode_batch([self._clean(ids) for ids in batch], skip_special_tokens=False)
+
+    def tokens(self, text: str) -> list[str]:
+        """Readable token strings of `encode(text)`, one per id, for plots and printing.
+
+        Spaces show as "▁", a newline as "\\n". A run of byte tokens that forms characters shows each character's
+        glyph on its first byte and the raw "<0xNN>" on the continuation bytes; invalid bytes show as "<0xNN>".
+        """
+        ids = self.encode(text)
+        labels: list[str] = []
+        i = 0
+        while i < len(ids):
+            byte = ids[i] - FIRST_BYTE_ID
+            if 0 <= byte < 256:
+                j = i
+                while j < len(ids) and 0 <= ids[j] - FIRST_BYTE_ID < 256:
+                    j += 1
+                labels += _byte_labels(bytes(k - FIRST_BYTE_ID for k in ids[i:j]))
+                i = j
+            else:
+                labels.append(self._tok.id_to_token(ids[i]).replace(" ", "▁").replace("\n", "\\n"))
+                i += 1
+        return labels
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The raw vocabulary string of an id (None outside the vocabulary)."""
+        return self._tok.id_to_token(int(token_id))
+
+    # --- files -----------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        """The tokenizer.json text (what `save` writes)."""
+        return self._tok.to_str(pretty=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "tokenizer.json") -> Tokenizer:
+        """A tokenizer from tokenizer.json text; ValueError naming `source` when it is not a valid one."""
+        try:
+            rust = _RustTokenizer.from_str(text)
+        except Exception as e:  # the Rust library raises a bare Exception for bad JSON
+            raise ValueError(f"{source}: not a valid tokenizer.json ({e})") from e
+        try:
+            model = json.loads(text).get("model") or {}
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"{source}: not a valid tokenizer.json ({e})") from e
+        if model.get("type") != "BPE" or not model.get("byte_fallback"):
+            raise ValueError(f"{source}: expected a BPE model with byte_fallback=true")
+        return cls(rust, source=source)
+
+    def save(self, path: str | Path) -> None:
+        """Write tokenizer.json atomically: a temporary file in the same folder, fsync, then os.replace."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.to_json().encode("utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes the file private; a tokenizer is as readable as any file
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Read a tokenizer.json; ValueError naming the path when it is missing, corrupt, or has other special ids."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read tokenizer file {str(path)!r}: {e}") from e
+        return cls.from_json(text, source=str(path))
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the canonical JSON (sorted keys, compact): equal tokenizers have equal fingerprints."""
+        canonical = json.dumps(
+            json.loads(self._tok.to_str()), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _byte_labels(data: bytes) -> list[str]:
+    """One label per byte: a character's glyph on its first byte, "<0xNN>" on the others and on invalid bytes."""
+    labels: list[str] = []
+    i = 0
+    while i < len(data):
+        lead = data[i]
+        width = 1 if lead < 0x80 else 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4
+        try:
+            char = data[i : i + width].decode("utf-8") if width else ""
+        except UnicodeDecodeError:
+            char = ""
+        if len(char) == 1:
+            glyph = char.replace(" ", "▁").replace("\n", "\\n")
+            labels += [glyph] + [BYTE_TOKENS[b] for b in data[i + 1 : i + width]]
+            i += width
+        else:
+            labels.append(BYTE_TOKENS[lead])
+            i += 1
+    return labels

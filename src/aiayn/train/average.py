@@ -1,0 +1,40 @@
+"""Checkpoint averaging (paper §6.1: the base models average the last 5 checkpoints, written 10 minutes apart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from aiayn.config import ModelConfig
+from aiayn.model import build_model
+from aiayn.train import checkpoint as ckpt
+
+
+def average_checkpoints(folders: list[str], out: str) -> Path:
+    """Average the weights of model folders that share one config and tokenizer; write a model folder."""
+    if not folders:
+        raise ValueError("--models: give at least one checkpoint folder")
+    paths = [ckpt.resolve_model_dir(f) for f in folders]
+    for path in paths:
+        ckpt.verify(path)
+    first = paths[0]
+    config = yaml.safe_load((first / "config.yaml").read_text(encoding="utf-8"))
+    tokenizer_json = (first / "tokenizer.json").read_bytes()
+    for path in paths[1:]:
+        other = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        if other.get("model") != config.get("model"):
+            raise ValueError(f"{path}: its model config differs from {first}'s; only one run's checkpoints average")
+        if (path / "tokenizer.json").read_bytes() != tokenizer_json:
+            raise ValueError(f"{path}: its tokenizer differs from {first}'s; only one run's checkpoints average")
+    model = build_model(ModelConfig.from_dict(config["model"]))
+    total = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in model.state_dict().items()}
+    for path in paths:
+        ckpt.load_weights(model, path)
+        for name, tensor in model.state_dict().items():
+            total[name] += tensor.double()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            tensor.copy_((total[name] / len(paths)).to(tensor.dtype))
+    return ckpt.save_checkpoint(Path(out), model=model, config=config, tokenizer_json=tokenizer_json)

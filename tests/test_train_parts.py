@@ -1,0 +1,140 @@
+"""The training recipe's pure parts: label-smoothed loss, learning-rate schedules, run configs and overrides."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aiayn.config import RunConfig, load_yaml, merge, parse_overrides
+from aiayn.train.loss import label_smoothed_loss
+from aiayn.train.optim import cosine_lr, inverse_sqrt_lr, learning_rate, make_optimizer, noam_lr
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_label_smoothed_loss_matches_torch_and_ignores_padding(smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11) * 4
+    target = torch.randint(4, 11, (3, 5))
+    target[0, 3:] = 0  # padding
+    target[2, 1:] = 0
+    loss, nll, tokens = label_smoothed_loss(logits, target, smoothing, pad_id=0)
+    ref = F.cross_entropy(
+        logits.reshape(-1, 11), target.reshape(-1), ignore_index=0, reduction="sum", label_smoothing=smoothing
+    )
+    ref_nll = F.cross_entropy(logits.reshape(-1, 11), target.reshape(-1), ignore_index=0, reduction="sum")
+    assert tokens == 3 + 5 + 1
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(nll, ref_nll, rtol=1e-6, atol=1e-5)
+
+
+def test_label_smoothing_worked_example():
+    # Two classes, uniform logits: every log-prob is log(1/2), so loss = log 2 whatever the smoothing.
+    loss, nll, tokens = label_smoothed_loss(torch.zeros(1, 1, 2), torch.tensor([[1]]), 0.1, pad_id=5)
+    assert tokens == 1 and loss.item() == pytest.approx(math.log(2)) and nll.item() == pytest.approx(math.log(2))
+    # Logits (0, ln 3): p = (1/4, 3/4); target 1, eps 0.1: 0.9 * -ln(3/4) + 0.1 * mean(-ln(1/4), -ln(3/4)).
+    loss, _, _ = label_smoothed_loss(torch.tensor([[[0.0, math.log(3)]]]), torch.tensor([[1]]), 0.1, pad_id=5)
+    expected = 0.9 * -math.log(0.75) + 0.1 * 0.5 * (-math.log(0.25) - math.log(0.75))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_all_padding_batch_gives_zero_loss_and_zero_grads_not_nan():
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    loss, nll, tokens = label_smoothed_loss(logits, torch.zeros(2, 3, dtype=torch.long), 0.1, pad_id=0)
+    loss.backward()
+    assert tokens == 0 and loss.item() == 0.0 and nll.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_loss_under_bf16_autocast_is_computed_in_fp32():
+    logits = (torch.randn(2, 4, 50) * 1e4).bfloat16()
+    loss, _, _ = label_smoothed_loss(logits, torch.randint(1, 50, (2, 4)), 0.1, pad_id=0)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_noam_schedule_is_the_papers_formula():
+    # §5.3 with d_model 512, warmup 4000: peak at step 4000 = 512^-0.5 * 4000^-0.5.
+    peak = 512**-0.5 * 4000**-0.5
+    assert noam_lr(4000, 512, 4000) == pytest.approx(peak, rel=1e-12)
+    assert noam_lr(4000, 512, 4000) == pytest.approx(6.987712429686844e-04, rel=1e-12)
+    assert noam_lr(1, 512, 4000) == pytest.approx(512**-0.5 * 4000**-1.5)
+    assert noam_lr(16000, 512, 4000) == pytest.approx(peak / 2)  # 1/sqrt(step) after the warmup
+    values = [noam_lr(s, 512, 4000) for s in range(1, 10000, 97)]
+    assert max(values) <= peak
+
+
+def test_inverse_sqrt_and_cosine_schedules():
+    assert inverse_sqrt_lr(50, 1e-3, 100) == pytest.approx(5e-4)
+    assert inverse_sqrt_lr(100, 1e-3, 100) == pytest.approx(1e-3)
+    assert inverse_sqrt_lr(400, 1e-3, 100) == pytest.approx(5e-4)
+    assert cosine_lr(10, 1e-3, 10, 110) == pytest.approx(1e-3)
+    assert cosine_lr(60, 1e-3, 10, 110, 1e-4) == pytest.approx(1e-4 + 0.5 * 9e-4)
+    assert cosine_lr(110, 1e-3, 10, 110, 1e-4) == pytest.approx(1e-4)
+    assert cosine_lr(500, 1e-3, 10, 110, 1e-4) == pytest.approx(1e-4)
+
+
+def test_learning_rate_dispatches_on_the_config():
+    config = RunConfig.from_dict({"optim": {"schedule": "inverse_sqrt", "lr": 1e-3, "warmup": 10}})
+    assert learning_rate(40, config.optim, 512, 100) == pytest.approx(5e-4)
+    config = RunConfig.from_dict({})
+    assert learning_rate(4000, config.optim, 512, 100) == pytest.approx(512**-0.5 * 4000**-0.5)
+
+
+def test_optimizer_is_adam_with_the_papers_betas():
+    optim = make_optimizer(torch.nn.Linear(2, 2), RunConfig.from_dict({}).optim)
+    assert isinstance(optim, torch.optim.Adam)
+    group = optim.param_groups[0]
+    assert group["betas"] == (0.9, 0.98) and group["eps"] == 1e-9
+
+
+def test_overrides_are_typed_and_dotted():
+    got = parse_overrides(
+        [
+            "--train.max_steps",
+            "100",
+            "--optim.lr=1e-3",
+            "--train.compile",
+            "true",
+            "--data.train_src",
+            "a.en",
+            "--data.train_tgt",
+            "a.de",
+            "--train.out_dir",
+            "runs/e1",
+        ]
+    )
+    assert got == {
+        "train": {"max_steps": 100, "compile": True, "out_dir": "runs/e1"},
+        "optim": {"lr": 0.001},
+        "data": {"train_src": "a.en", "train_tgt": "a.de"},
+    }
+    config = RunConfig.from_dict(merge({"train": {"max_steps": 5, "seed": 3}}, got))
+    assert config.train.max_steps == 100 and config.train.seed == 3 and config.optim.lr == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--trian.max_steps", "1"], "did you mean '--train.max_steps'"),
+        (["--train.max_step", "1"], "did you mean 'max_steps'"),
+        (["--train.precision", "fp8"], "TrainConfig.precision='fp8' is not one of 'fp32' | 'bf16' | 'fp16'"),
+        (["--train.max_steps", "ten"], "TrainConfig.max_steps='ten' must be an integer"),
+        (["--train.max_steps"], "needs a value"),
+        (["--data.train_src", "a"], "data.train_src and data.train_tgt go together"),
+        (["--data.task", "dates", "--data.train_tsv", "x.tsv"], "give one source of training data"),
+    ],
+)
+def test_bad_overrides_name_the_key(args, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("|", r"\|")):
+        RunConfig.from_dict(parse_overrides(args))
+
+
+def test_config_files_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_steps: [1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.yaml line \d+: not valid YAML"):
+        load_yaml(str(bad))
+    with pytest.raises(ValueError, match="no such file"):
+        load_yaml(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="unknown config section 'trian'; did you mean 'train'"):
+        RunConfig.from_dict({"trian": {}})

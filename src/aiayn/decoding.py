@@ -39,17 +39,18 @@ def greedy(model, src: torch.Tensor, max_len: int, bos_id: int = BOS_ID, eos_id:
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Keep the top_k most probable tokens (0 = all) and the smallest set whose probability reaches top_p
-    (nucleus sampling, Holtzman et al. 2020); the rest get -inf. logits: (B, V)."""
+    (nucleus sampling, Holtzman et al. 2020); the rest get the lowest finite logit, so softmax gives them 0.
+    logits: (B, V)."""
     if top_k > 0:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
         probs = sorted_logits.softmax(dim=-1)
         # A token is dropped when the tokens before it already reach top_p: the first token always stays.
         drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
         drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
-        logits = logits.masked_fill(drop, float("-inf"))
+        logits = logits.masked_fill(drop, torch.finfo(logits.dtype).min)
     return logits
 
 

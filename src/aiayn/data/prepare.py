@@ -131,6 +131,9 @@ def prepare(
         raise DataError(
             "no training data: set data.task, data.train_src + data.train_tgt, data.train_tsv or data.train_text"
         )
+    for split in ("train", "valid"):  # a missing, unreadable or binary file fails now, before any work
+        for path in _files(data, split):
+            next(iter(read_lines(path)), None)
     tokenizer = get_tokenizer(tok, data, seed, run_dir / "tokenizer.json", log)
     cache = run_dir / "cache"
     cache.mkdir(parents=True, exist_ok=True)

@@ -39,12 +39,21 @@ class CheckpointError(ValueError):
     """A checkpoint or model folder that cannot be used; the message names the folder and the reason."""
 
 
-def fault(site: str) -> None:
-    """Fault injection for tests: AIAYN_FAULT=<site> kills this process with SIGKILL at that site, and
-    AIAYN_FAULT=<site>:enospc raises 'No space left on device' there. A no-op otherwise."""
+def fault(site: str, step: int | None = None) -> None:
+    """Fault injection for tests: AIAYN_FAULT=<site> kills this process with SIGKILL at that site,
+    <site>:sigterm sends it SIGTERM (as a scheduler would), and <site>:enospc raises 'No space left on device'
+    there. <site>@N fires only at the checkpoint of step N. A no-op otherwise."""
     wanted = os.environ.get("AIAYN_FAULT", "")
+    if step is not None and wanted.partition(":")[2].count("@"):
+        name, _, rest = wanted.partition("@")
+        at, _, action = rest.partition(":")
+        if at != str(step):
+            return
+        wanted = f"{name}:{action}" if action else name
     if wanted == site:
         os.kill(os.getpid(), signal.SIGKILL)
+    if wanted == f"{site}:sigterm":
+        os.kill(os.getpid(), signal.SIGTERM)
     if wanted == f"{site}:enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -108,15 +117,15 @@ def save_checkpoint(
             _write_file(tmp / name, data)
             manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             if i == 0:
-                fault("ckpt:after_first_file")
-        fault("ckpt:before_manifest")
+                fault("ckpt:after_first_file", step)
+        fault("ckpt:before_manifest", step)
         _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
         _fsync_dir(tmp)
-        fault("ckpt:before_rename")
+        fault("ckpt:before_rename", step)
         if folder.exists():  # rewriting the same step (e.g. a save on SIGTERM right after a periodic save)
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-        fault("ckpt:after_rename")
+        fault("ckpt:after_rename", step)
         _fsync_dir(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,273 @@
+"""Training runs end to end through the `aiayn` command: the run folder, exact resume after kill -9 / a fault in
+a checkpoint write / SIGTERM, refusing incompatible resumes, averaging, early stopping, and torchrun (DDP)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--data.task", "copy", "--data.task_train_size", "400", "--data.task_valid_size", "20",
+    "--tokenizer.vocab_size", "300",
+    "--model.d_model", "32", "--model.n_heads", "2", "--model.n_encoder_layers", "1", "--model.n_decoder_layers", "1",
+    "--model.d_ff", "64", "--model.dropout", "0.1",
+    "--optim.schedule", "inverse_sqrt", "--optim.lr", "0.003", "--optim.warmup", "4",
+    "--train.max_steps", "12", "--train.max_tokens", "256", "--train.grad_accum", "2", "--train.save_every", "4",
+    "--train.log_every", "1", "--train.eval_every", "6", "--train.eval_bleu_sentences", "10", "--train.seed", "3",
+    "--train.threads", "1",
+]  # fmt: skip
+LM_TEXT = "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}" for i in range(300)) + "\n"
+
+
+def lm_args(text_file):
+    return [
+        "--data.train_text", str(text_file), "--data.valid_fraction", "0.1", "--model.arch", "lm",
+        "--tokenizer.kind", "char", "--model.d_model", "32", "--model.n_heads", "2", "--model.n_decoder_layers", "2",
+        "--model.d_ff", "64", "--model.dropout", "0.1", "--model.max_len", "32",
+        "--optim.schedule", "cosine", "--optim.lr", "0.003", "--optim.warmup", "3", "--optim.label_smoothing", "0",
+        "--train.max_steps", "10", "--train.batch_size", "4", "--train.block_size", "16", "--train.save_every", "4",
+        "--train.log_every", "1", "--train.eval_every", "5", "--train.seed", "5", "--train.threads", "1",
+    ]  # fmt: skip
+
+
+def aiayn(*args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "aiayn", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def train(out, *extra, fault=None):
+    env = {"AIAYN_FAULT": fault} if fault else None
+    return aiayn("train", *TINY, "--train.out_dir", out, *extra, env=env)
+
+
+def metrics(run):
+    """Every logged entry, without the wall-clock throughput (the only field allowed to differ)."""
+    entries = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    for e in entries:
+        e.pop("tokens_per_s", None)
+    return entries
+
+
+def final_weights(run):
+    return load_file(str(Path(run) / "last" / "model.safetensors"))
+
+
+def assert_same_run(a, b):
+    assert metrics(a) == metrics(b)  # every loss, nll, learning rate and validation score, bit for bit
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    result = train(out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_run_folder_holds_config_metrics_checkpoints_and_pointers(reference):
+    names = sorted(p.name for p in reference.iterdir())
+    assert {"config.yaml", "metrics.jsonl", "checkpoints", "best", "last", "tokenizer.json"} <= set(names)
+    entries = metrics(reference)
+    train_entries = [e for e in entries if "split" not in e]
+    assert [e["step"] for e in train_entries] == list(range(1, 13))
+    assert set(train_entries[0]) == {"step", "loss", "nll", "lr", "tokens"}
+    assert train_entries[0]["lr"] == pytest.approx(0.003 / 4)  # inverse_sqrt warmup: step 1 of 4
+    assert all(isinstance(e["loss"], float) and e["loss"] > 0 for e in train_entries)
+    valid = [e for e in entries if e.get("split") == "valid"]
+    assert [e["step"] for e in valid] == [6, 12]
+    assert {"loss", "nll", "ppl", "bleu", "chrf"} <= set(valid[0])
+    steps = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert steps == ["step-000004", "step-000006", "step-000008", "step-000012"]  # saves every 4, and the best (6)
+    assert os.readlink(reference / "last") == os.path.join("checkpoints", "step-000012")
+    for folder in (reference / "checkpoints").iterdir():
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "config.yaml", "manifest.json", "model.safetensors", "tokenizer.json", "trainer_state.pt"]  # fmt: skip
+        state = torch.load(folder / "trainer_state.pt", weights_only=True)
+        assert {"optimizer", "rng", "trainer"} <= set(state)
+        assert state["trainer"]["step"] == int(folder.name.split("-")[1])
+
+
+@pytest.mark.parametrize(
+    ("fault", "resumed_at"),
+    [
+        ("step:7", 6),  # kill -9 in the middle of step 7, between two accumulated micro-batches
+        ("after_step:8", 8),  # kill -9 right after the checkpoint of step 8 was written
+        ("ckpt:before_rename@4", None),  # kill -9 while writing the first checkpoint: nothing to resume, start over
+    ],
+)
+def test_kill_and_resume_gives_the_identical_run(reference, tmp_path, fault, resumed_at):
+    out = tmp_path / "run"
+    first = train(out, fault=fault)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    resumed = train(out, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    if resumed_at is None:
+        assert "resumed from" not in resumed.stdout  # the only write was interrupted: no checkpoint to resume
+    else:
+        assert f"resumed from {out / 'checkpoints' / f'step-{resumed_at:06d}'} at step {resumed_at}" in resumed.stdout
+    assert not list((out / "checkpoints").glob(".*tmp*"))
+    assert_same_run(reference, out)
+
+
+def test_a_fault_in_a_later_checkpoint_write_falls_back_to_the_previous_one(reference, tmp_path):
+    out = tmp_path / "run"
+    killed = train(out, fault="ckpt:before_rename@8")  # checkpoints 4 and 6 are written, 8 is interrupted
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-2:] == ["step-000004", "step-000006"]
+    assert len(list((out / "checkpoints").glob(".step-000008.tmp-*"))) == 1
+    before = (out / "checkpoints" / "step-000006" / "model.safetensors").read_bytes()
+    resumed = train(out, "--resume", "auto")
+    assert resumed.returncode == 0 and "at step 6" in resumed.stdout, resumed.stderr
+    assert "removed the unfinished checkpoint write" in resumed.stdout
+    assert not list((out / "checkpoints").glob(".*tmp*"))
+    assert (reference / "checkpoints" / "step-000006" / "model.safetensors").read_bytes() == before
+    assert_same_run(reference, out)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_then_resumes_exactly(reference, tmp_path):
+    out = tmp_path / "run"
+    stopped = train(out, fault="step:5:sigterm")
+    assert stopped.returncode == 143, stopped.stderr
+    assert "stopped by SIGTERM after step 5; saved" in stopped.stdout
+    assert (out / "checkpoints" / "step-000005").is_dir()
+    resumed = train(out, "--resume", "auto")
+    assert resumed.returncode == 0 and "at step 5" in resumed.stdout, resumed.stderr
+    assert_same_run(reference, out)
+
+
+def test_language_model_kill_and_resume_is_exact(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(LM_TEXT, encoding="utf-8")
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert aiayn("train", *lm_args(text), "--train.out_dir", ref).returncode == 0
+    killed = aiayn("train", *lm_args(text), "--train.out_dir", out, env={"AIAYN_FAULT": "step:6"})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = aiayn("train", *lm_args(text), "--train.out_dir", out, "--resume", "auto")
+    assert resumed.returncode == 0 and "at step 5" in resumed.stdout, resumed.stderr
+    assert_same_run(ref, out)
+    valid = [e for e in metrics(ref) if e.get("split") == "valid"]
+    assert [e["step"] for e in valid] == [5, 10] and valid[-1]["nll"] < valid[0]["nll"]
+
+
+def test_bf16_autocast_run_resumes_exactly(tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert train(ref, "--train.precision", "bf16", "--train.max_steps", "8").returncode == 0
+    assert train(out, "--train.precision", "bf16", "--train.max_steps", "8", fault="step:6").returncode == -9
+    resumed = train(out, "--train.precision", "bf16", "--train.max_steps", "8", "--resume", "auto")
+    assert resumed.returncode == 0 and "at step 4" in resumed.stdout, resumed.stderr
+    assert_same_run(ref, out)
+
+
+def test_incompatible_resume_stops_before_training_and_lists_the_differences(reference, tmp_path):
+    result = train(reference, "--resume", "auto", "--model.d_model", "64")
+    assert result.returncode == 2
+    assert "model.d_model: 32 in the checkpoint, 64 now" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    other = tmp_path / "tok.json"
+    made = aiayn("tokenizer", "train", "--input", ROOT / "README.md", "--vocab-size", "300", "--out", other)
+    assert made.returncode == 0, made.stderr
+    result = train(reference, "--resume", "auto", "--tokenizer.path", other)
+    assert result.returncode == 2 and "tokenizer: fingerprint" in result.stderr
+
+
+def test_starting_over_a_run_with_checkpoints_is_refused(reference):
+    result = train(reference)
+    assert result.returncode == 2
+    assert "already holds checkpoints: continue it with --resume auto" in result.stderr
+
+
+def test_resume_from_a_named_corrupt_checkpoint_is_an_error(reference, tmp_path):
+    import shutil
+
+    bad = tmp_path / "step-000004"
+    shutil.copytree(reference / "checkpoints" / "step-000004", bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    result = train(tmp_path / "run", "--resume", bad)
+    assert result.returncode == 2
+    assert f"{bad}: corrupt checkpoint (model.safetensors: sha256 mismatch)" in result.stderr
+
+
+def test_average_of_checkpoints_is_the_mean_of_their_weights(reference, tmp_path):
+    folders = sorted((reference / "checkpoints").iterdir())[-2:]
+    result = aiayn("average", "--models", *folders, "--out", tmp_path / "avg")
+    assert result.returncode == 0, result.stderr
+    avg = load_file(str(tmp_path / "avg" / "model.safetensors"))
+    a, b = (load_file(str(f / "model.safetensors")) for f in folders)
+    for name in avg:
+        torch.testing.assert_close(avg[name], (a[name].double() + b[name].double()).div(2).float(), rtol=0, atol=1e-7)
+    assert sorted(p.name for p in (tmp_path / "avg").iterdir()) == [
+        "config.yaml", "manifest.json", "model.safetensors", "tokenizer.json"]  # fmt: skip
+
+
+def test_early_stopping_with_patience(tmp_path):
+    # A learning rate so small that BLEU stays 0: the first evaluation is the best, two more without gain stop it.
+    out = tmp_path / "run"
+    result = train(out, "--optim.lr", "1e-9", "--train.eval_every", "2", "--train.patience", "2",
+                   "--train.best_metric", "bleu")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "early stop at step 6" in result.stdout
+    assert max(e["step"] for e in metrics(out)) == 6
+    assert os.readlink(out / "best") == os.path.join("checkpoints", "step-000002")
+
+
+def test_keep_last_prunes_old_checkpoints_but_keeps_the_best(tmp_path):
+    out = tmp_path / "run"
+    result = train(out, "--train.save_every", "1", "--train.keep_last", "2", "--train.eval_every", "3",
+                   "--train.max_steps", "7", "--optim.lr", "1e-9", "--train.best_metric", "bleu")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-000003", "step-000006", "step-000007"]  # best (first eval, BLEU 0 ties) + last two
+
+
+def test_two_processes_equal_one_process_with_two_accumulation_steps(reference, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "aiayn",
+           "train", *TINY, "--train.grad_accum", "1", "--train.out_dir", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model: seq2seq") == 1  # only rank 0 prints
+    ref_entries, ddp_entries = metrics(reference), metrics(out)
+    assert [e["step"] for e in ref_entries] == [e["step"] for e in ddp_entries]
+    for r, d in zip(ref_entries, ddp_entries, strict=True):
+        assert r["tokens"] == d["tokens"] and r.get("lr") == d.get("lr") and r.get("split") == d.get("split")
+        assert d["loss"] == pytest.approx(r["loss"], abs=1e-5)
+    wa, wb = final_weights(reference), final_weights(out)
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"a.en": "one\ntwo\nthree\n", "a.de": "eins\nzwei\n"},
+            "line count mismatch: {src} has 3 lines, {tgt} has 2",
+        ),
+        ({"a.en": "one\ntwo\n", "a.de": "eins\n\xff\n"}, "invalid UTF-8 in {tgt} line 2"),
+        ({"a.en": "\n\n", "a.de": "\n\n"}, "no training examples in {src} + {tgt}"),
+        ({"a.en": None, "a.de": "eins\n"}, "{src}: no such file"),
+    ],
+)
+def test_bad_training_data_is_one_line_and_exit_code_2(tmp_path, files, message):
+    paths = {}
+    for name, content in files.items():
+        paths[name] = tmp_path / name
+        if content is not None:
+            paths[name].write_bytes(content.encode("utf-8").replace(b"\xc3\xbf", b"\xff"))
+    result = aiayn("train", "--data.train_src", paths["a.en"], "--data.train_tgt", paths["a.de"],
+                   "--train.out_dir", tmp_path / "run", "--tokenizer.vocab_size", "300")  # fmt: skip
+    assert result.returncode == 2
+    expected = message.format(src=paths["a.en"], tgt=paths["a.de"])
+    assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1

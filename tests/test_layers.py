@@ -81,3 +81,23 @@ def test_add_norm_orders():
     rms = AddNorm(config(norm_type="rmsnorm"))
     y = x + sub(x)
     torch.testing.assert_close(rms(x, sub), y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5))
+
+
+def test_dropout_zeroes_p_of_the_elements_scales_the_rest_and_is_unbiased_in_every_lane():
+    from aiayn.model.layers import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3).train()
+    x = torch.ones(4_000_000, requires_grad=True)
+    y = drop(x)
+    zero = y == 0
+    assert abs(zero.float().mean().item() - 0.3) < 2e-3
+    assert torch.equal(y[~zero], torch.full_like(y[~zero], 1 / 0.7))
+    # Four mask values come from each 64-bit random draw: every one of the four positions must be unbiased.
+    for lane in range(4):
+        assert abs(zero[lane::4].float().mean().item() - 0.3) < 3e-3, lane
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, y.detach())  # d/dx of mask * x / (1 - p) is mask / (1 - p)
+    assert drop(torch.ones(5, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)

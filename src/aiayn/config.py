@@ -283,6 +283,7 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"  # "auto" = cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    max_minutes: float = 0.0  # stop (evaluate, save) after this much wall time; 0 = no limit
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -290,6 +291,8 @@ class TrainConfig:
                      "eval_every", "log_every", "keep_last"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
+            raise ValueError(f"TrainConfig.max_minutes={self.max_minutes} must be >= 0 (0 = no limit)")
         for name in ("patience", "eval_bleu_sentences", "threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")

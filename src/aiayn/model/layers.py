@@ -16,6 +16,37 @@ from torch import nn
 from aiayn.config import ModelConfig
 
 
+class Dropout(nn.Module):
+    """Inverted dropout (paper §5.4): zero each element with probability p, scale the rest by 1 / (1 - p).
+
+    On CPU the keep-mask comes from 16-bit random integers, four from each 64-bit draw of torch's generator, and
+    is applied with one `where`: PyTorch's CPU dropout draws one Bernoulli number per element, and was a fifth
+    of a small model's training step (fwd + bwd of a 4096 x 128 activation: 7.9 ms -> 4.1 ms). p is applied in
+    steps of 1/65536. Other devices use F.dropout.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 65536) - 32768  # keep where a uniform int16 is >= this: P(keep) = 1 - p
+        self.scale = 1.0 / (1.0 - p) if p < 1 else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        # random_ over the full int64 range: without bounds it leaves the top bit 0, which would bias every
+        # fourth int16 toward "keep".
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        keep = bits.view(torch.int16)[:n].view(x.shape) >= self.threshold  # same shape as x
+        return torch.where(keep, x * self.scale, 0.0)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class TokenEmbedding(nn.Module):
     """Token ids -> vectors, multiplied by sqrt(d_model) (paper §3.4) when `scale` is set."""
 
@@ -92,7 +123,7 @@ class InputEmbedding(nn.Module):
             self.position = LearnedPositionalEmbedding(config.d_model, config.max_len)
         else:
             self.position = None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """ids (B, T) at positions offset .. offset+T-1 -> (B, T, D)."""
@@ -150,7 +181,7 @@ class AddNorm(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.norm = make_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.pre = config.norm == "pre"
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

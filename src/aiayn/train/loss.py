@@ -6,7 +6,6 @@ Shapes: N tokens, V vocab.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def label_smoothed_loss(
@@ -21,15 +20,13 @@ def label_smoothed_loss(
     """
     logits = logits.reshape(-1, logits.shape[-1]).float()  # (N, V)
     target = target.reshape(-1)  # (N,)
-    keep = target != pad_id
+    keep = target != pad_id  # (N,)
     tokens = int(keep.sum())
-    if tokens == 0:  # nothing to learn from: a zero that still has a graph, so backward leaves zero grads
-        zero = logits.sum() * 0.0
-        return zero, zero.detach(), 0
-    logits, target = logits[keep], target[keep]  # (N', V), (N',): drop padding before the big log-softmax
-    log_probs = F.log_softmax(logits, dim=-1)
-    nll = -log_probs.gather(1, target[:, None]).sum()
+    # -log p(y) = logsumexp(z) - z_y. Padding rows are zeroed by `keep` instead of being indexed out: boolean
+    # indexing of the (N, V) logits, and its index_put backward, took 15% of a CPU training step.
+    lse = logits.logsumexp(dim=-1)  # (N,)
+    nll = ((lse - logits.gather(1, target[:, None]).squeeze(1)) * keep).sum()
     if smoothing == 0.0:
         return nll, nll.detach(), tokens
-    uniform = -log_probs.mean(dim=-1).sum()  # cross-entropy against the uniform distribution
+    uniform = ((lse - logits.mean(dim=-1)) * keep).sum()  # cross-entropy against the uniform distribution
     return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach(), tokens

@@ -46,9 +46,12 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Op
     are not decayed). The learning rate is set before every step from `learning_rate`."""
     params = [p for p in model.parameters() if p.requires_grad]
     betas = (optim.beta1, optim.beta2)
+    # One fused kernel for all parameters instead of ~10 small ops each: on CPU, 5.3 -> 1.3 ms per step for a
+    # 4-layer d_model 128 model (a tenth of its training step).
+    fused = all(p.device.type in ("cpu", "cuda") for p in params) or None
     if optim.weight_decay == 0.0:
-        return torch.optim.Adam(params, lr=0.0, betas=betas, eps=optim.eps)
+        return torch.optim.Adam(params, lr=0.0, betas=betas, eps=optim.eps, fused=fused)
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=0.0, betas=betas, eps=optim.eps)
+    return torch.optim.AdamW(groups, lr=0.0, betas=betas, eps=optim.eps, fused=fused)

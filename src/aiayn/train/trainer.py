@@ -36,6 +36,7 @@ from aiayn.data.corpus import TokenCorpus, collate, token_batches, token_stream
 from aiayn.data.prepare import Prepared, lm_blocks, prepare
 from aiayn.data.reader import DataError
 from aiayn.decoding import greedy
+from aiayn.evaluate import translation_scores
 from aiayn.model import build_model
 from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed
@@ -240,6 +241,7 @@ class Trainer:
             "best": None,
             "best_step": None,
             "bad_evals": 0,
+            "seconds": 0.0,  # wall time of the run so far, resumed runs included
         }
 
         if resume_from is not None:
@@ -318,7 +320,8 @@ class Trainer:
             leave=False,
         )
         self._bar = bar
-        interval_start = time.perf_counter()
+        interval_start = run_start = time.perf_counter()
+        seconds_before = self.state["seconds"]
         exit_code = 0
         params = [p for p in self.model.parameters() if p.requires_grad]
         while self.state["step"] < train.max_steps:
@@ -363,8 +366,13 @@ class Trainer:
             self.state["tokens"] += total_tokens
             iv = self.state["interval"]
             self.state["interval"] = [iv[0] + step_loss, iv[1] + step_nll, iv[2] + total_tokens]
+            self.state["seconds"] = seconds_before + time.perf_counter() - run_start
+            time_up = 0 < train.max_minutes * 60 <= self.state["seconds"]
+            if d.active:  # every process stops at the same step
+                time_up = not distributed.all_ok(not time_up, d)
+            last = step == train.max_steps or time_up
             bar.update(1)
-            if step % train.log_every == 0 or step == train.max_steps:
+            if step % train.log_every == 0 or last:
                 elapsed = time.perf_counter() - interval_start
                 loss_v, nll_v, tokens_v = self.state["interval"]
                 entry = {
@@ -374,6 +382,7 @@ class Trainer:
                     "lr": lr,
                     "tokens": self.state["tokens"],
                     "tokens_per_s": tokens_v / max(elapsed, 1e-9),
+                    "seconds": round(self.state["seconds"], 3),
                 }
                 self._metrics(entry)
                 self.log(f"step {step:>7}  loss {entry['loss']:.4f}  lr {lr:.3e}  {entry['tokens_per_s']:,.0f} tok/s")
@@ -382,12 +391,12 @@ class Trainer:
                 interval_start = time.perf_counter()
 
             stop_early = improved = False
-            if self._has_valid() and (step % train.eval_every == 0 or step == train.max_steps):
+            if self._has_valid() and (step % train.eval_every == 0 or last):
                 stop_early, improved = self._evaluate(step)
             interrupted = self.stop_signal is not None
             if d.active:
                 interrupted = not distributed.all_ok(not interrupted, d)
-            if step % train.save_every == 0 or step == train.max_steps or stop_early or interrupted or improved:
+            if step % train.save_every == 0 or last or stop_early or interrupted or improved:
                 self._save(step)
             ckpt.fault(f"after_step:{step}")
             if interrupted:
@@ -396,6 +405,9 @@ class Trainer:
                     f"saved; continue with --resume auto"
                 )
                 exit_code = EXIT_SIGNAL.get(self.stop_signal or signal.SIGTERM, 143)
+                break
+            if time_up:
+                self.log(f"stopped after step {step}: train.max_minutes={train.max_minutes} reached")
                 break
             if stop_early:
                 self.log(
@@ -475,25 +487,16 @@ class Trainer:
             entry: dict[str, Any] = {
                 "step": step,
                 "split": "valid",
+                "seconds": round(self.state["seconds"], 3),
                 "loss": loss,
                 "nll": nll,
                 "ppl": math.exp(min(nll, 50)),
                 "tokens": tokens,
             }
             if self.data.valid_pairs:
-                import sacrebleu
-
                 sources = [s for s, _ in self.data.valid_pairs]
                 refs = [r for _, r in self.data.valid_pairs]
-                hyps = self.translate(sources)
-                zh = any("\u4e00" <= ch <= "\u9fff" for r in refs[:100] for ch in r)
-                bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh" if zh else "13a")
-                chrf = sacrebleu.corpus_chrf(hyps, [refs])
-                entry.update(
-                    bleu=bleu.score,
-                    chrf=chrf.score,
-                    exact=sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(refs),
-                )
+                entry.update(translation_scores(self.translate(sources), refs))
             self._metrics(entry)
             extra = f"  BLEU {entry['bleu']:.2f}  chrF {entry['chrf']:.2f}" if "bleu" in entry else ""
             self.log(f"valid at step {step}: loss {loss:.4f}  nll {nll:.4f}  ppl {entry['ppl']:.2f}{extra}")

@@ -23,11 +23,12 @@ def test_readme_states_the_commands_ci_runs():
     text = README.read_text(encoding="utf-8")
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert 'pip install -e ".[dev]" && python -m pytest' in text
+    assert "pip install -e . && aiayn demo" in text  # the main job (run shortened in tests/test_cli_demo.py)
     assert 'pip install --quiet -e ".[dev]"' in ci and "python -m pytest" in ci
 
 
-def test_main_job_example_runs_and_reports_its_accuracy():
-    """The README's first command; a short run here (the full 400 steps reverse 500/500, as the README says)."""
+def test_reverse_example_runs_and_reports_its_accuracy():
+    """examples/reverse_task.py, shortened (the full 400 steps reverse 500/500, as the README says)."""
     import subprocess
     import sys
 

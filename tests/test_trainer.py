@@ -272,3 +272,16 @@ def test_bad_training_data_is_one_line_and_exit_code_2(tmp_path, files, message)
     expected = message.format(src=paths["a.en"], tgt=paths["a.de"])
     assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_init_from_starts_a_new_run_from_a_models_weights_and_tokenizer(reference, tmp_path):
+    out = tmp_path / "finetune"
+    result = train(out, "--init-from", reference / "best", "--train.max_steps", "2", "--train.eval_every", "100")
+    assert result.returncode == 0, result.stderr
+    assert "weights from" in result.stdout and "new optimizer and schedule" in result.stdout
+    assert (out / "tokenizer.json").read_bytes() == (reference / "tokenizer.json").read_bytes()
+    entries = metrics(out)
+    assert entries[0]["step"] == 1 and entries[0]["lr"] == pytest.approx(0.003 / 4)  # the schedule starts over
+    assert entries[0]["loss"] < metrics(reference)[0]["loss"]  # but the weights are trained ones
+    wider = train(tmp_path / "x", "--init-from", reference / "best", "--model.d_model", "64")
+    assert wider.returncode == 2 and "weights do not match the config" in wider.stderr

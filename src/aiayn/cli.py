@@ -18,7 +18,7 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
 
     base = load_yaml(args.config) if args.config else {}
     config = RunConfig.from_dict(merge(base, parse_overrides(extra)))
-    return Trainer(config, resume=args.resume).run()
+    return Trainer(config, resume=args.resume, init_from=args.init_from).run()
 
 
 def _tokenizer_train(args: argparse.Namespace, extra: list[str]) -> int:
@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="'auto': continue from the newest valid checkpoint in train.out_dir; a checkpoint folder; "
         "'none' (default): start a new run",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="DIR",
+        help="start a new run from the weights (and tokenizer) of a model folder, e.g. to fine-tune: "
+        "fresh optimizer and schedule",
     )
     p.set_defaults(func=_train, extra_ok=True)
 

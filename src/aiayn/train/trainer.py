@@ -15,6 +15,7 @@ Shapes: B batch, S source length, T target length, V vocab.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -87,13 +88,20 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 class Trainer:
     """Wires data, model, optimizer, schedule, evaluation and checkpoints for one run folder."""
 
-    def __init__(self, config: RunConfig, resume: str = "none", log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        resume: str = "none",
+        log: Callable[[str], None] | None = None,
+        init_from: str | None = None,
+    ):
         self.config = config
         self.resume = resume
+        self.init_from = init_from  # a model folder whose weights start a new run (fine-tuning); fresh optimizer
         self.dist = distributed.setup(config.train.device)
         self.run_dir = Path(config.train.out_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
-        self._print = log or print
+        self._print = log or functools.partial(print, flush=True)  # a log file sees each line as it happens
         self._bar = None  # the progress bar while the loop runs: messages go through it so they don't tear it
         self.stop_signal: int | None = None
 
@@ -173,18 +181,18 @@ class Trainer:
             self._epoch_cache = (epoch, batches)
         return self._epoch_cache[1]
 
-    def _batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Global batch k: (model input, target, target tokens). seq2seq input is (src, tgt_in) packed below."""
+    def _batch(self, k: int) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Global batch k: (model input, target). A language model reads ids; seq2seq reads (src, tgt[:-1])."""
         train = self.config.train
         if self.data.lm:
             x, y = lm_blocks(self.train_stream, train.block_size, train.batch_size, train.seed, k)
             x = torch.from_numpy(x.astype(np.int64)).to(self.dist.device)  # (B, block)
             y = torch.from_numpy(y.astype(np.int64)).to(self.dist.device)  # (B, block)
-            return x, y, y.numel()
+            return x, y
         n = self.n_batches
         indices = self._seq2seq_batches(self.data.train, k // n)[k % n]
         src, tgt = collate(self.data.train, indices, self.dist.device)  # (B, S), (B, T + 2)
-        return (src, tgt[:, :-1]), tgt[:, 1:], int(self.data.train.tgt_lengths[indices].sum()) + len(indices)
+        return (src, tgt[:, :-1]), tgt[:, 1:]  # teacher forcing: predict token t + 1 from tokens <= t
 
     def _tokens_of(self, k: int) -> int:
         if self.data.lm:
@@ -198,6 +206,8 @@ class Trainer:
         cfg = self.config
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if self.init_from and not cfg.tokenizer.path:  # fine-tuning keeps the token ids the weights were trained on
+            cfg.tokenizer.path = str(ckpt.resolve_model_dir(self.init_from) / "tokenizer.json")
         self.data = self._prepare_data()
         cfg.model.vocab_size = self.data.tokenizer.vocab_size
         cfg.model.arch = "lm" if self.data.lm else cfg.model.arch
@@ -246,8 +256,14 @@ class Trainer:
 
         if resume_from is not None:
             self._load(resume_from)
-        elif self.dist.is_main:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        else:
+            if self.init_from:
+                source = ckpt.resolve_model_dir(self.init_from)
+                ckpt.verify(source)
+                ckpt.load_weights(self.model, source)
+                self.log(f"weights from {source}; new optimizer and schedule")
+            if self.dist.is_main:
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         if self.dist.is_main:
             self._write_run_config()
             if not (self.run_dir / "tokenizer.json").exists():  # a tokenizer given by path: the run keeps a copy
@@ -333,7 +349,7 @@ class Trainer:
             nll_sum = torch.zeros((), device=d.device)
             for m in range(train.grad_accum):
                 k = first + m * d.world_size + d.rank
-                inputs, target, _ = self._batch(k)
+                inputs, target = self._batch(k)
                 sync = m == train.grad_accum - 1 or not d.active
                 with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self._autocast():
                     torch.manual_seed(micro_seed(train.seed, k))

@@ -138,3 +138,13 @@ def test_config_files_errors_name_the_file(tmp_path):
         load_yaml(str(tmp_path / "missing.yaml"))
     with pytest.raises(ValueError, match="unknown config section 'trian'; did you mean 'train'"):
         RunConfig.from_dict({"trian": {}})
+
+
+def test_weight_decay_uses_adamw_and_spares_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    config = RunConfig.from_dict({"optim": {"weight_decay": 0.1}}).optim
+    optim = make_optimizer(model, config)
+    assert isinstance(optim, torch.optim.AdamW)
+    decayed, spared = optim.param_groups
+    assert decayed["weight_decay"] == 0.1 and [p.shape for p in decayed["params"]] == [torch.Size([4, 3])]
+    assert spared["weight_decay"] == 0.0 and len(spared["params"]) == 3  # linear bias, norm weight and bias

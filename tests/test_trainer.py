@@ -285,3 +285,12 @@ def test_init_from_starts_a_new_run_from_a_models_weights_and_tokenizer(referenc
     assert entries[0]["loss"] < metrics(reference)[0]["loss"]  # but the weights are trained ones
     wider = train(tmp_path / "x", "--init-from", reference / "best", "--model.d_model", "64")
     assert wider.returncode == 2 and "weights do not match the config" in wider.stderr
+
+
+def test_max_minutes_stops_evaluates_and_saves(tmp_path):
+    out = tmp_path / "run"
+    result = train(out, "--train.max_minutes", "0.00001")  # reached after the first step
+    assert result.returncode == 0, result.stderr
+    assert "stopped after step 1: train.max_minutes=1e-05 reached" in result.stdout
+    assert [e["step"] for e in metrics(out)] == [1, 1]  # the step's log line, then its validation
+    assert os.readlink(out / "last") == os.path.join("checkpoints", "step-000001")

@@ -6,7 +6,6 @@ a character-level language model of Python's own standard library source, sample
 from __future__ import annotations
 
 import json
-import os
 import sysconfig
 import time
 from pathlib import Path
@@ -144,9 +143,9 @@ def _run_lm(out_dir: str | None, steps: int | None, overrides: list[str], start:
     run_dir.mkdir(parents=True, exist_ok=True)
     text_file = run_dir / "stdlib.txt"
     if not text_file.exists():
-        tmp = text_file.with_suffix(".tmp")
-        tmp.write_text(stdlib_text(), encoding="utf-8")
-        os.replace(tmp, text_file)
+        from aiayn.train.checkpoint import write_atomic
+
+        write_atomic(text_file, stdlib_text().encode())
     config.data.train_text = str(text_file)
     print(f"aiayn demo --task lm: a character-level language model of Python's standard library; run folder {run_dir}")
     trainer = Trainer(config, resume="auto")
@@ -171,6 +170,6 @@ def _run_lm(out_dir: str | None, steps: int | None, overrides: list[str], start:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from aiayn.train.checkpoint import write_atomic
+
+    write_atomic(path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())

@@ -65,6 +65,14 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())  # errors such as ENOSPC can surface only here: they propagate
 
 
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: a temporary file beside it, fsync, rename."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    _write_file(tmp, data)
+    os.replace(tmp, path)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

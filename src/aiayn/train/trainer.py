@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import random
 import shutil
 import signal
@@ -282,9 +281,7 @@ class Trainer:
 
     def _write_run_config(self) -> None:
         text = yaml.safe_dump(self.config.to_dict(), sort_keys=False, allow_unicode=True)
-        tmp = self.run_dir / ".config.yaml.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.run_dir / "config.yaml")
+        ckpt.write_atomic(self.run_dir / "config.yaml", text.encode())
 
     def _load(self, path: Path) -> None:
         ckpt.load_weights(self.model, path)
@@ -304,9 +301,7 @@ class Trainer:
                     for ln in metrics.read_text(encoding="utf-8").splitlines(keepends=True)
                     if ln.strip() and json.loads(ln)["step"] <= step
                 ]
-                tmp = metrics.with_suffix(".tmp")
-                tmp.write_text("".join(kept), encoding="utf-8")
-                os.replace(tmp, metrics)
+                ckpt.write_atomic(metrics, "".join(kept).encode())
 
     def _autocast(self):
         precision = self.config.train.precision

@@ -130,5 +130,5 @@ def test_sample_is_reproducible_and_temperature_zero_is_greedy():
         ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert greedy[0] == ids[0, 3:].tolist()
     assert len(sample(model, prompt, 100, temperature=0)[0]) == 37  # stops at max_len positions
-    with pytest.raises(ValueError, match="temperature=-1 must be >= 0"):
+    with pytest.raises(ValueError, match="temperature=-1 must be a finite number >= 0"):
         sample(model, prompt, 5, temperature=-1)

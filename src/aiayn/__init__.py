@@ -1,6 +1,30 @@
-"""aiayn: the Transformer of "Attention Is All You Need", built from its parts."""
+"""aiayn: the Transformer of "Attention Is All You Need", built from its parts.
+
+import aiayn
+model = aiayn.load("runs/multi30k-tiny")
+print(model.translate(["A man rides a bike."]))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from aiayn.config import ModelConfig
 
+if TYPE_CHECKING:
+    from aiayn.inference import Pretrained
+
 __version__ = "0.1.0"
-__all__ = ["ModelConfig", "__version__"]
+__all__ = ["ModelConfig", "__version__", "load"]
+
+
+def load(path: str, device: str | None = "auto") -> Pretrained:
+    """Load a trained model folder (a run folder: its best checkpoint; or a checkpoint folder).
+
+    Returns a `Pretrained` with `.translate(texts, beam=4, alpha=0.6, ...)`, `.generate(prompt, ...)`,
+    `.score(...)`, `.perplexity(...)`, and `.model` / `.tokenizer` / `.config`. Imported lazily, so that
+    `import aiayn` (and `aiayn --help`) does not load torch.
+    """
+    from aiayn.inference import load as _load
+
+    return _load(path, device=device)

@@ -50,6 +50,152 @@ def _demo(args: argparse.Namespace, extra: list[str]) -> int:
     return run_demo(task=args.task, out_dir=args.out, steps=args.steps, overrides=extra)
 
 
+def _input_lines(path: str | None) -> list[str]:
+    """Lines of a file (data.reader: clear errors for missing, binary or non-UTF-8 files) or of stdin."""
+    from aiayn.data.reader import DataError, read_lines
+
+    if path is not None and path != "-":
+        return [text for _, text in read_lines(path)]
+    data = sys.stdin.buffer.read()
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    raw = data.split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()  # the final newline ends the last line; it does not start another
+    lines = []
+    for number, line in enumerate(raw, 1):
+        try:
+            lines.append(line.removesuffix(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"<stdin>: line {number}: invalid UTF-8 at byte {e.start} of the line") from None
+    return lines
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sent", disable=not (enabled and sys.stderr.isatty()), file=sys.stderr)
+
+
+def _write_output(path: str | None, lines: list[str]) -> None:
+    """stdout, or a file replaced atomically once every line is ready (an older file stays whole until then)."""
+    text = "".join(line + "\n" for line in lines)
+    if path is None or path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from aiayn.train.checkpoint import write_atomic
+
+    write_atomic(path, text.encode("utf-8"))
+
+
+def _translate(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from aiayn.decoding import check_options
+    from aiayn.inference import load
+
+    check_options(beam_size=args.beam, alpha=args.alpha, n_best=args.n_best, max_len=args.max_len)
+    model = load(args.model, device=args.device)
+    lines = _input_lines(args.input)
+    with _progress(len(lines), args.input not in (None, "-")) as bar:
+        results = model.translate_n_best(
+            lines, args.beam, args.alpha, args.max_len, args.n_best, args.batch_tokens, progress=bar.update
+        )
+    if args.n_best == 1:
+        out = [r[0].text for r in results]
+    else:  # still one line per input: a JSON list of the n best, best first
+        out = [
+            json.dumps([{"text": t.text, "score": round(t.score, 6), "finished": t.finished} for t in r],
+                       ensure_ascii=False)
+            for r in results
+        ]  # fmt: skip
+    _write_output(args.output, out)
+    return 0
+
+
+def _generate(args: argparse.Namespace, extra: list[str]) -> int:
+    from aiayn.decoding import check_options
+    from aiayn.inference import load
+
+    check_options(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples {args.num_samples}: expected an integer >= 1")
+    model = load(args.model, device=args.device)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    samples = model.generate_batch(
+        [prompt] * args.num_samples, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+    )
+    for i, text in enumerate(samples):
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1} ---")
+        print(prompt + text)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+    import time
+
+    from aiayn.decoding import check_options
+    from aiayn.evaluate import translation_scores
+    from aiayn.inference import load
+
+    check_options(beam_size=args.beam, alpha=args.alpha, max_len=args.max_len)
+    model = load(args.model, device=args.device)
+    sources, refs = _input_lines(args.src), _input_lines(args.ref)
+    if len(sources) != len(refs):
+        raise ValueError(f"--src {args.src} has {len(sources):,} lines but --ref {args.ref} has {len(refs):,}")
+    start = time.perf_counter()
+    with _progress(len(sources), True) as bar:
+        hyps = model.translate(sources, args.beam, args.alpha, args.max_len, args.batch_tokens, progress=bar.update)
+    seconds = time.perf_counter() - start
+    if args.output:
+        _write_output(args.output, hyps)
+    scores = translation_scores(hyps, refs)
+    scores.update(
+        {"sentences": len(sources), "beam": args.beam, "alpha": args.alpha, "seconds": round(seconds, 2),
+         "model": str(model.folder)}
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(scores, ensure_ascii=False))
+    else:
+        print(f"BLEU {scores['bleu']:.2f}  ({scores['bleu_signature']})")
+        print(f"chrF {scores['chrf']:.2f}  ({scores['chrf_signature']})")
+        print(f"BLEU lowercased {scores['bleu_lc']:.2f}  ({scores['bleu_lc_signature']})")
+        print(f"{len(sources):,} sentences, beam {args.beam}, alpha {args.alpha}, {seconds:.1f} s")
+    return 0
+
+
+def _perplexity(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from aiayn.inference import load
+
+    model = load(args.model, device=args.device)
+    texts = _input_lines(args.text)
+    sources = _input_lines(args.src) if args.src else None
+    if sources is not None and len(sources) != len(texts):
+        raise ValueError(f"--src {args.src} has {len(sources):,} lines but --text {args.text} has {len(texts):,}")
+    result = model.perplexity(texts, sources)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"perplexity {result['ppl']:.4f}  (nll {result['nll']:.4f} nats per token, {result['tokens']:,} tokens)")
+    return 0
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR", help="a run folder (its best checkpoint) or a checkpoint")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", type=int, default=4, help="beam size (default 4, the paper's; 1 = greedy)")
+    p.add_argument("--alpha", type=float, default=0.6, help="length penalty ((5+len)/6)^alpha (default 0.6)")
+    p.add_argument("--max-len", type=int, default=None, help="new tokens per sentence (default: source length + 50)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="source tokens x beam per batch (default 4096)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiayn", description="The Transformer of 'Attention Is All You Need'.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +248,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/demo-<task>)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's config)")
     p.set_defaults(func=_demo, extra_ok=True)
+
+    p = sub.add_parser("translate", help="translate lines of text (stdin or a file), one output line per input line")
+    _add_model(p)
+    _add_decoding(p)
+    p.add_argument("--n-best", type=int, default=1, help="K > 1: each output line is a JSON list of the K best")
+    p.add_argument("--input", default=None, metavar="FILE", help="one sentence per line (default: stdin)")
+    p.add_argument("--output", default=None, metavar="FILE", help="where to write the translations (default: stdout)")
+    p.set_defaults(func=_translate)
+
+    p = sub.add_parser("generate", help="continue a prompt with a language model")
+    _add_model(p)
+    p.add_argument("--prompt", required=True, help="the text to continue ('-': read it from stdin)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most probable tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus: the smallest set with probability p (1 = all)")
+    p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same text")
+    p.add_argument("--num-samples", type=int, default=1, help="independent continuations (default 1)")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("evaluate", help="translate a test set and score it: sacreBLEU, chrF, lowercased BLEU")
+    _add_model(p)
+    _add_decoding(p)
+    p.add_argument("--src", required=True, metavar="FILE", help="source sentences, one per line")
+    p.add_argument("--ref", required=True, metavar="FILE", help="reference translations, line-aligned with --src")
+    p.add_argument("--output", default=None, metavar="FILE", help="also write the translations here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("perplexity", help="perplexity of a text (LM) or of targets given sources (seq2seq)")
+    _add_model(p)
+    p.add_argument("--text", required=True, metavar="FILE", help="LM: a text file; seq2seq: the target sentences")
+    p.add_argument("--src", default=None, metavar="FILE", help="seq2seq: the source sentences, line-aligned")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_perplexity)
     return parser
 
 

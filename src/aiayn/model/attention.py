@@ -159,10 +159,13 @@ class KVCache:
         """Number of target positions already processed (the position of the next token)."""
         return self.layers[0].self_attn.length
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Keep batch rows `index` of every cache. cross=False leaves the encoder-decoder caches alone: beam
+        search moves hypotheses between the beams of one source, whose memory rows are identical."""
         for layer in self.layers:
             layer.self_attn.reorder(index)
-            layer.cross_attn.reorder(index)
+            if cross:
+                layer.cross_attn.reorder(index)
 
 
 _RECORDER: ContextVar[AttentionRecorder | None] = ContextVar("aiayn_attention_recorder", default=None)

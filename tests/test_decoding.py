@@ -205,3 +205,12 @@ def test_invalid_options_raise_a_clear_error(options, message):
     if set(options) <= {"beam_size", "alpha", "n_best", "max_len"}:
         with pytest.raises(ValueError, match=message):
             beam_search(tiny_model(), pad(sources(1)), **options)
+
+
+def test_min_len_forbids_eos_before_it():
+    model = biased(tiny_model(), EOS_ID, 1e4)  # EOS wins whenever it is allowed
+    src = pad(sources(3))
+    assert [len(h.tokens) for h in greedy_search(model, src, min_len=5)] == [5, 5, 5]
+    assert all(h.finished for h in greedy_search(model, src, min_len=5))
+    for hyps in beam_search(model, src, beam_size=3, n_best=3, min_len=4):
+        assert [len(h.tokens) for h in hyps] == [4, 4, 4] and all(h.finished for h in hyps)  # K prefixes, each + EOS

@@ -269,3 +269,25 @@ def test_loading_never_unpickles(seq2seq, tmp_path):
     aiayn.load(folder).translate(["two dogs"])
     assert not marker.exists()
     assert PAD_ID == 0
+
+
+def test_cli_input_errors_name_the_argument_or_line(seq2seq, lm, tmp_path, capsys, monkeypatch):
+    import io
+
+    def error(*args):
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        return err
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"two dogs\n\xff\xfe bad\n")))
+    assert "<stdin>: line 2: invalid UTF-8 at byte 0" in error("translate", "--model", seq2seq)
+    src, ref = tmp_path / "src", tmp_path / "ref"
+    src.write_text("a\nb\n", encoding="utf-8")
+    ref.write_text("a\n", encoding="utf-8")
+    assert "has 2 lines but --ref" in error("evaluate", "--model", seq2seq, "--src", src, "--ref", ref)
+    assert "--num-samples 0" in error("generate", "--model", lm, "--prompt", "a", "--num-samples", "0")
+    out = tmp_path / "out.txt"
+    out.write_text("kept\n", encoding="utf-8")
+    assert "no such file" in error("translate", "--model", seq2seq, "--input", tmp_path / "nope", "--output", out)
+    assert out.read_text(encoding="utf-8") == "kept\n"  # nothing already written is lost

@@ -28,6 +28,25 @@ def test_label_smoothed_loss_matches_torch_and_ignores_padding(smoothing):
     torch.testing.assert_close(nll, ref_nll, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_label_smoothed_loss_gradient_matches_torch(smoothing):
+    # The backward is written by hand (softmax - smoothed one-hot): it must equal autograd through PyTorch's loss.
+    torch.manual_seed(1)
+    logits = (torch.randn(4, 6, 13, dtype=torch.float64) * 3).requires_grad_()
+    target = torch.randint(1, 13, (4, 6))
+    target[1, 2:] = 0
+    target[3, :] = 0
+    loss, _, _ = label_smoothed_loss(logits, target, smoothing, pad_id=0)
+    (loss * 0.37).backward()
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref = F.cross_entropy(
+        ref_logits.reshape(-1, 13), target.reshape(-1), ignore_index=0, reduction="sum", label_smoothing=smoothing
+    )
+    (ref * 0.37).backward()
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-10, atol=1e-12)
+    assert torch.equal(logits.grad[3], torch.zeros(6, 13, dtype=torch.float64))
+
+
 def test_label_smoothing_worked_example():
     # Two classes, uniform logits: every log-prob is log(1/2), so loss = log 2 whatever the smoothing.
     loss, nll, tokens = label_smoothed_loss(torch.zeros(1, 1, 2), torch.tensor([[1]]), 0.1, pad_id=5)

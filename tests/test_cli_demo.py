@@ -67,6 +67,8 @@ def test_demo_runs_end_to_end_and_writes_eval_json(tmp_path):
     assert result_json["n"] == 1000 and 0.0 <= result_json["exact_match"] <= 1.0
     assert f"({result_json['correct']}/1000)" in summary[0]
     assert (out / "best" / "model.safetensors").exists() and (out / "metrics.jsonl").exists()
+    assert (out / "attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"where each output token looked in the input: {out / 'attention.png'}" in lines
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"]["task"] == "dates" and saved["train"]["max_steps"] == 40
 

@@ -184,6 +184,38 @@ def _perplexity(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace, extra: list[str]) -> int:
+    from aiayn import viz
+
+    if args.plot_command == "attention":
+        from aiayn.inference import load
+
+        model = load(args.model, device=args.device)
+        attn = model.attention(args.text, beam=args.beam)
+        title = f"{args.text}  ->  {attn.text}" if attn.source else args.text
+        out = viz.plot_attention(
+            attn.weights, attn.source, attn.target, attn.output, args.out, args.layer, args.head, title
+        )
+    elif args.plot_command == "positions":
+        out = viz.plot_positions(args.out, args.d_model, args.max_len, args.dims)
+    elif args.plot_command == "schedule":
+        from aiayn.config import RunConfig, load_yaml, merge, parse_overrides
+        from aiayn.train.optim import learning_rate
+
+        config = RunConfig.from_dict(merge(load_yaml(args.config), parse_overrides(extra)))
+        total = args.steps or config.train.max_steps
+        if total < 1:
+            raise ValueError(f"--steps {total}: expected a number >= 1")
+        steps = list(range(1, total + 1))
+        rates = [learning_rate(step, config.optim, config.model.d_model, config.train.max_steps) for step in steps]
+        title = f"{args.config}: {config.optim.schedule}, warmup {config.optim.warmup}"
+        out = viz.plot_schedule(steps, rates, args.out, title)
+    else:
+        out = viz.plot_curves(args.run, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="a run folder (its best checkpoint) or a checkpoint")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
@@ -283,6 +315,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", default=None, metavar="FILE", help="seq2seq: the source sentences, line-aligned")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_perplexity)
+
+    p = sub.add_parser("plot", help="pictures: attention, positional encoding, LR schedule, training curves")
+    psub = p.add_subparsers(dest="plot_command", required=True)
+    a = psub.add_parser("attention", help="attention heatmaps of one input, per layer and head")
+    _add_model(a)
+    a.add_argument("--text", required=True, help="the sentence to translate (LM: the text to read)")
+    a.add_argument("--layer", type=int, default=None, help="only this layer (default: all)")
+    a.add_argument("--head", type=int, default=None, help="only this head (default: all)")
+    a.add_argument("--beam", type=int, default=1, help="beam size of the translation shown (default 1: greedy)")
+    a.add_argument("--out", required=True, metavar="FILE", help="the picture to write (.png or .svg)")
+    a = psub.add_parser("positions", help="the sinusoidal positional encoding: heatmap and a few dimensions")
+    a.add_argument("--d-model", type=int, default=128, help="model width (default 128)")
+    a.add_argument("--max-len", type=int, default=100, help="positions to draw (default 100)")
+    a.add_argument("--dims", type=int, nargs="+", default=[4, 5, 6, 7], help="dimensions drawn as curves")
+    a.add_argument("--out", default="positions.png", metavar="FILE", help="(default positions.png)")
+    a = psub.add_parser(
+        "schedule",
+        help="the learning rate of a config over its steps",
+        description="The learning-rate schedule of a config; --section.key value overrides work as in train.",
+    )
+    a.add_argument("--config", required=True, help="YAML config file")
+    a.add_argument("--steps", type=int, default=None, help="steps to draw (default train.max_steps)")
+    a.add_argument("--out", default="schedule.png", metavar="FILE", help="(default schedule.png)")
+    a.set_defaults(extra_ok=True)
+    a = psub.add_parser("curves", help="training and validation loss, BLEU and learning rate of a run")
+    a.add_argument("--run", required=True, metavar="DIR", help="a run folder (holds metrics.jsonl)")
+    a.add_argument("--out", default="curves.png", metavar="FILE", help="(default curves.png)")
+    p.set_defaults(func=_plot)
     return parser
 
 

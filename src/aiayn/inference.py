@@ -25,6 +25,7 @@ import yaml
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from aiayn.decoding import beam_search, check_options, greedy_search, sample
 from aiayn.model import build_model
+from aiayn.model.attention import record_attention
 from aiayn.tokenizer import Tokenizer
 from aiayn.train import checkpoint as ckpt
 
@@ -37,6 +38,25 @@ class Translation:
     text: str
     score: float
     finished: bool
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The attention weights of one input, recorded from the model's own forward pass (`record_attention`).
+
+    source: labels of the encoder's input tokens (seq2seq; [] for a language model). target: labels of the
+    decoder's input positions (seq2seq: <bos> and the output tokens; LM: the text's tokens). output: the token
+    each decoder position produced (seq2seq: the output tokens, then <eos> when the output ended; LM: the most
+    probable next token). text: the translation ("" for a language model). weights: module name -> (H, rows,
+    cols) float32 array, e.g. "encoder.layers.0.self_attn" (S x S), "decoder.layers.0.self_attn" (T x T),
+    "decoder.layers.0.cross_attn" (T x S).
+    """
+
+    source: list[str]
+    target: list[str]
+    output: list[str]
+    text: str
+    weights: dict[str, np.ndarray]
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -137,6 +157,40 @@ class Pretrained:
             if progress is not None:
                 progress(len(chunk))
         return out
+
+    @torch.no_grad()
+    def attention(self, text: str, beam: int = 1, alpha: float = 0.6, max_len: int | None = None) -> Attention:
+        """Translate `text` (greedy by default) and record every attention weight of the model reading the source
+        and its translation; for a language model, of reading `text`. The weights are the ones the model's
+        forward pass computes (the readable attention path), not a re-computation."""
+        if self.is_lm:
+            ids = self.tokenizer.encode(text)[-self.model.config.max_len :]
+            if not ids:
+                raise ValueError("text: empty; give at least one character")
+            with record_attention(self.model) as recorder:
+                logits = self.model(torch.tensor([ids], device=self.device))  # (1, T, V)
+            predicted = logits[0].argmax(-1).tolist()
+            return Attention([], self.tokenizer.labels(ids), self.tokenizer.labels(predicted), "", _weights(recorder))
+        source = self._sources([text])[0]
+        if source is None:
+            raise ValueError("text: empty; give a sentence to translate")
+        src = torch.tensor([source], device=self.device)  # (1, S)
+        check_options(beam_size=beam, alpha=alpha, max_len=max_len)
+        if beam == 1:
+            hyp = greedy_search(self.model, src, max_len)[0]
+        else:
+            hyp = beam_search(self.model, src, beam_size=beam, alpha=alpha, max_len=max_len)[0][0]
+        tokens = hyp.tokens
+        # Each decoder position produces the next token: <bos> y1 .. yn produce y1 .. yn <eos>. An output cut at the
+        # length limit has no <eos>, so its last position (which produced nothing kept) is left out.
+        decoder_in = [BOS_ID] + (tokens if hyp.finished else tokens[:-1])
+        with record_attention(self.model) as recorder:
+            self.model(src, torch.tensor([decoder_in], device=self.device))
+        output = self.tokenizer.labels(tokens) + (["<eos>"] if hyp.finished else [])
+        return Attention(
+            self.tokenizer.labels(source), self.tokenizer.labels(decoder_in), output, self._text(tokens),
+            _weights(recorder),
+        )  # fmt: skip
 
     def _sources(self, texts: list[str]) -> list[list[int] | None]:
         """Token ids + EOS per text (as in training), None for blank texts; long ones are cut to the model's
@@ -318,3 +372,8 @@ class Pretrained:
         if self.model.config.arch != arch:
             kind = "a language model" if arch == "lm" else "a translation (seq2seq) model"
             raise ValueError(f"{self.folder}: cannot {what}: this is not {kind} (model.arch={self.model.config.arch})")
+
+
+def _weights(recorder) -> dict[str, np.ndarray]:
+    """The recorder's single (1, H, rows, cols) entry per module -> (H, rows, cols) float32 arrays."""
+    return {name: entries[-1][0].float().cpu().numpy() for name, entries in recorder.weights.items()}

@@ -307,7 +307,11 @@ class Tokenizer:
         Spaces show as "▁", a newline as "\\n". A run of byte tokens that forms characters shows each character's
         glyph on its first byte and the raw "<0xNN>" on the continuation bytes; invalid bytes show as "<0xNN>".
         """
-        ids = self.encode(text)
+        return self.labels(self.encode(text))
+
+    def labels(self, ids: Sequence[int]) -> list[str]:
+        """Readable token strings of ids, one per id (see `tokens`); specials read "<bos>", "<eos>", ..."""
+        ids = [int(i) for i in ids]
         labels: list[str] = []
         i = 0
         while i < len(ids):

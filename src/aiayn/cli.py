@@ -216,6 +216,15 @@ def _plot(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace, extra: list[str]) -> int:
+    from aiayn.explain import explain
+    from aiayn.inference import load
+
+    out = explain(load(args.model, device=args.device), args.text, args.out, beam=args.beam)
+    print(f"wrote {out}: open it in a browser (it needs no network)")
+    return 0
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="a run folder (its best checkpoint) or a checkpoint")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
@@ -343,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--run", required=True, metavar="DIR", help="a run folder (holds metrics.jsonl)")
     a.add_argument("--out", default="curves.png", metavar="FILE", help="(default curves.png)")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser(
+        "explain",
+        help="walk one input through a trained model, step by step, as one self-contained HTML file",
+        description="Tokens and ids, embeddings + positions, then for each layer Q, K, V, raw and scaled scores, "
+        "the mask, the softmax weights per head, the weighted sum, Add & Norm and the FFN, then the output "
+        "probabilities at temperatures 0.5, 1 and 2: every number from the model's own forward pass.",
+    )
+    _add_model(p)
+    p.add_argument("text", help="the sentence to translate (LM: the text to continue)")
+    p.add_argument("--out", default="report.html", metavar="FILE", help="the HTML file to write (default report.html)")
+    p.add_argument("--beam", type=int, default=1, help="beam size of the translation walked (default 1: greedy)")
+    p.set_defaults(func=_explain)
     return parser
 
 

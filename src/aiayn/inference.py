@@ -171,6 +171,23 @@ class Pretrained:
                 logits = self.model(torch.tensor([ids], device=self.device))  # (1, T, V)
             predicted = logits[0].argmax(-1).tolist()
             return Attention([], self.tokenizer.labels(ids), self.tokenizer.labels(predicted), "", _weights(recorder))
+        source, decoder_in, output, translation = self.walk_inputs(text, beam, alpha, max_len)
+        with record_attention(self.model) as recorder:
+            self.model(torch.tensor([source], device=self.device), torch.tensor([decoder_in], device=self.device))
+        return Attention(
+            self.tokenizer.labels(source), self.tokenizer.labels(decoder_in), output, translation, _weights(recorder)
+        )
+
+    @torch.no_grad()
+    def walk_inputs(
+        self, text: str, beam: int = 1, alpha: float = 0.6, max_len: int | None = None
+    ) -> tuple[list[int], list[int], list[str], str]:
+        """Translate `text` and return what a teacher-forced pass over the result needs: (source ids with EOS,
+        decoder input ids starting with BOS, the label of the token each decoder position produced, the
+        translation). Each decoder position produces the next token: <bos> y1 .. yn produce y1 .. yn <eos>; an
+        output cut at the length limit has no <eos>, so its last position (which produced nothing kept) is left
+        out."""
+        self._need("seq2seq", "translate")
         source = self._sources([text])[0]
         if source is None:
             raise ValueError("text: empty; give a sentence to translate")
@@ -181,16 +198,9 @@ class Pretrained:
         else:
             hyp = beam_search(self.model, src, beam_size=beam, alpha=alpha, max_len=max_len)[0][0]
         tokens = hyp.tokens
-        # Each decoder position produces the next token: <bos> y1 .. yn produce y1 .. yn <eos>. An output cut at the
-        # length limit has no <eos>, so its last position (which produced nothing kept) is left out.
         decoder_in = [BOS_ID] + (tokens if hyp.finished else tokens[:-1])
-        with record_attention(self.model) as recorder:
-            self.model(src, torch.tensor([decoder_in], device=self.device))
         output = self.tokenizer.labels(tokens) + (["<eos>"] if hyp.finished else [])
-        return Attention(
-            self.tokenizer.labels(source), self.tokenizer.labels(decoder_in), output, self._text(tokens),
-            _weights(recorder),
-        )  # fmt: skip
+        return source, decoder_in, output, self._text(tokens)
 
     def _sources(self, texts: list[str]) -> list[list[int] | None]:
         """Token ids + EOS per text (as in training), None for blank texts; long ones are cut to the model's

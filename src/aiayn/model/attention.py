@@ -39,16 +39,25 @@ def scaled_dot_product_attention(
     weights and a zero output rather than NaN: masking uses the dtype's most negative finite value, never -inf,
     and never an additive constant that could overflow.
     """
+    steps = attention_steps(q, k, v, mask, scale)
+    return steps["context"], steps["weights"]
+
+
+def attention_steps(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, scale: bool = True
+) -> dict[str, torch.Tensor]:
+    """`scaled_dot_product_attention` one step at a time, keeping each step (what `aiayn explain` shows):
+    scores QK^T, scaled (/ sqrt(d_k)), masked (masked keys at the most negative float), weights (softmax) and
+    context (weights V, in q's dtype)."""
     scores = q.float() @ k.float().transpose(-2, -1)  # (..., T, S)
-    if scale:
-        scores = scores / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(scores, dim=-1)  # (..., T, S)
+    scaled = scores / math.sqrt(q.shape[-1]) if scale else scores
+    masked = scaled.masked_fill(~mask, torch.finfo(scaled.dtype).min) if mask is not None else scaled
+    weights = torch.softmax(masked, dim=-1)  # (..., T, S)
     if mask is not None:
         # Rows with every key masked would otherwise be uniform; make them (and every masked key) exactly 0.
         weights = weights.masked_fill(~mask, 0.0)
-    return (weights @ v.float()).to(q.dtype), weights
+    context = (weights @ v.float()).to(q.dtype)  # (..., T, Dv)
+    return {"scores": scores, "scaled": scaled, "masked": masked, "weights": weights, "context": context}
 
 
 # Longest key sequence for which CPU half-precision attention runs in fp32 (see fast_attention).
@@ -180,20 +189,29 @@ class AttentionRecorder:
     one entry per step. Outside the context the model runs its fast path and nothing is stored.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, detail: bool = False) -> None:
         self._names = {id(m): name for name, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
         self.weights: dict[str, list[torch.Tensor]] = {}
+        self.detail = detail  # also keep every step: q, k, v, mask, scores, scaled, masked, context, concat, output
+        self.details: dict[str, list[dict[str, torch.Tensor | None]]] = {}
 
     def add(self, module: MultiHeadAttention, weights: torch.Tensor) -> None:
         name = self._names.get(id(module))
         if name is not None:
             self.weights.setdefault(name, []).append(weights.detach())
 
+    def add_detail(self, module: MultiHeadAttention, steps: dict[str, torch.Tensor | None]) -> None:
+        name = self._names.get(id(module))
+        if name is not None:
+            kept = {key: None if t is None else t.detach() for key, t in steps.items()}
+            self.details.setdefault(name, []).append(kept)
+
 
 @contextlib.contextmanager
-def record_attention(model: nn.Module) -> Iterator[AttentionRecorder]:
-    """`with record_attention(model) as rec: model(src, tgt)` then read `rec.weights`."""
-    recorder = AttentionRecorder(model)
+def record_attention(model: nn.Module, detail: bool = False) -> Iterator[AttentionRecorder]:
+    """`with record_attention(model) as rec: model(src, tgt)` then read `rec.weights` (and, with detail=True,
+    `rec.details`: every intermediate step of each attention call)."""
+    recorder = AttentionRecorder(model, detail)
     token = _RECORDER.set(recorder)
     try:
         yield recorder
@@ -270,9 +288,11 @@ class MultiHeadAttention(nn.Module):
 
         recorder = _RECORDER.get()
         dropout_p = self.attention_dropout if self.training else 0.0
+        steps: dict[str, torch.Tensor] = {}
         if recorder is not None:
             full_mask = combine(mask, causal_mask(T, k.shape[2], x.device) if causal else None)
-            out, weights = scaled_dot_product_attention(q, k, v, full_mask)
+            steps = attention_steps(q, k, v, full_mask)
+            out, weights = steps["context"], steps["weights"]
             recorder.add(self, weights)
             if dropout_p:
                 out = (F.dropout(weights, dropout_p) @ v.float()).to(q.dtype)
@@ -284,7 +304,12 @@ class MultiHeadAttention(nn.Module):
             full_mask = combine(mask, causal_mask(T, k.shape[2], x.device) if need_causal else None)
             out = fast_attention(q, k, v, full_mask, dropout_p)
         out = out.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, D): concatenate the heads
-        return self.out_proj(out)
+        result = self.out_proj(out)
+        if recorder is not None and recorder.detail:
+            recorder.add_detail(
+                self, {"q": q, "k": k, "v": v, "mask": full_mask, **steps, "concat": out, "output": result}
+            )
+        return result
 
     def _project(
         self, x: torch.Tensor, memory: torch.Tensor | None, cache: AttentionCache | None

@@ -1,0 +1,406 @@
+"""`aiayn explain`: walk one input through a trained model, step by step, and write it as one HTML file.
+
+The walk follows the seeds' order: tokens and ids -> embedding (scaled) + positional encoding -> for each layer:
+Q, K, V, the raw scores QK^T, the scaled scores (/ sqrt(d_k)), the mask, the softmax weights per head, the
+weighted sum, the concatenation and output projection, Add & Norm, the FFN -> the decoder with its
+encoder-decoder attention -> the final logits as probabilities of the top candidates at temperatures 0.5, 1, 2.
+
+Every number comes from one forward pass of the model itself: attention steps from the attention recorder
+(`record_attention(model, detail=True)`: the readable path the model runs while recording), the rest from forward
+hooks on the model's modules. The numbers shown are also embedded in the file as JSON
+(`<script id="aiayn-explain" type="application/json">`), which is what the tests compare with the model's tensors.
+The file needs no network: styles are inline and the heatmaps are inline SVG (hover a cell for its value).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aiayn.model.attention import record_attention
+from aiayn.model.layers import AddNorm, FeedForward, InputEmbedding, softmax
+
+TEMPERATURES = (0.5, 1.0, 2.0)
+DIMS = 8  # vectors are shown by their first DIMS dimensions
+TOP = 5  # candidates shown per output position
+
+
+@dataclass
+class Walk:
+    """One input's trip through the model: labels, and every number the report shows by name (e.g.
+    "encoder.layers.0.self_attn.weights" (H, S, S), "src_embed.token" (S, DIMS)); `shapes` holds the full shape of
+    each tensor a slice was taken from."""
+
+    arch: str
+    config: dict[str, Any]
+    text: str
+    source: list[str]
+    source_ids: list[int]
+    target: list[str]
+    target_ids: list[int]
+    output: list[str]
+    translation: str
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def walk(pretrained, text: str, beam: int = 1) -> Walk:
+    """Run `text` through a loaded model (`aiayn.load(DIR)`) once, keeping what the report shows. Seq2seq: the
+    source, then the model's own translation (greedy, or beam search with `beam`) fed back teacher-forced. LM:
+    the text, and the next token after it."""
+    model, tokenizer = pretrained.model, pretrained.tokenizer
+    device = pretrained.device
+    if pretrained.is_lm:
+        ids = tokenizer.encode(text)[-model.config.max_len :]
+        if not ids:
+            raise ValueError("text: empty; give at least one character")
+        w = Walk("lm", model.config.to_dict(), text, [], [], tokenizer.labels(ids), ids, [], "")
+        inputs: tuple[torch.Tensor, ...] = (torch.tensor([ids], device=device),)
+    else:
+        source, decoder_in, output, translation = pretrained.walk_inputs(text, beam)
+        w = Walk("seq2seq", model.config.to_dict(), text, tokenizer.labels(source), source, [], decoder_in, output,
+                 translation)  # fmt: skip
+        w.target = tokenizer.labels(decoder_in)
+        inputs = (torch.tensor([source], device=device), torch.tensor([decoder_in], device=device))
+
+    names = {module: name for name, module in model.named_modules()}
+    handles = []
+
+    def keep(name: str, tensor: torch.Tensor) -> None:
+        """A (1, T, D) activation -> its first DIMS dimensions, (T, DIMS)."""
+        w.shapes[name] = list(tensor.shape)
+        w.values[name] = tensor[0, :, :DIMS].float().cpu().numpy()
+
+    def on_embedding(module, args, out):
+        ids = args[0]
+        name = names[module]
+        keep(f"{name}.token", module.token(ids))
+        if module.position is not None:
+            keep(f"{name}.position", module.position(ids.shape[1]).unsqueeze(0).expand_as(out))
+        keep(f"{name}.output", out)
+
+    def on_addnorm(module, args, out):
+        keep(f"{names[module]}.input", args[0])
+        keep(f"{names[module]}.output", out)
+
+    def on_ffn(module, args, out):
+        keep(f"{names[module]}.input", args[0])
+        keep(f"{names[module]}.output", out)
+
+    def on_ffn_hidden(module, args):  # the input of W2: the activation's output
+        keep(f"{names[module].rsplit('.', 1)[0]}.hidden", args[0])
+
+    for module in model.modules():
+        if isinstance(module, InputEmbedding):
+            handles.append(module.register_forward_hook(on_embedding))
+        elif isinstance(module, AddNorm):
+            handles.append(module.register_forward_hook(on_addnorm))
+        elif isinstance(module, FeedForward):
+            handles.append(module.register_forward_hook(on_ffn))
+            handles.append(module.w2.register_forward_pre_hook(on_ffn_hidden))
+    try:
+        with record_attention(model, detail=True) as recorder:
+            logits = model(*inputs)  # (1, T, V)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    for name, calls in recorder.details.items():
+        steps = calls[-1]
+        for key in ("scores", "scaled", "weights"):
+            w.values[f"{name}.{key}"] = steps[key][0].float().cpu().numpy()  # (H, T, S)
+        mask = steps["mask"]
+        rows, cols = steps["weights"].shape[-2:]
+        allowed = (
+            torch.ones(rows, cols, dtype=torch.bool) if mask is None else mask.cpu().expand(1, 1, rows, cols)[0, 0]
+        )
+        w.values[f"{name}.mask"] = allowed.numpy().astype(np.int8)  # (T, S): 1 = may attend
+        for key in ("q", "k", "v", "context"):  # (1, H, T, Dh): head 0's first DIMS dimensions
+            w.shapes[f"{name}.{key}"] = list(steps[key].shape)
+            w.values[f"{name}.{key}"] = steps[key][0, 0, :, :DIMS].float().cpu().numpy()
+        keep(f"{name}.concat", steps["concat"])
+        keep(f"{name}.output", steps["output"])
+
+    logits = logits[0].float()  # (T, V)
+    top = logits.topk(min(TOP, logits.shape[-1]), dim=-1).indices  # (T, TOP): the same order at every temperature
+    w.values["final.top_ids"] = top.cpu().numpy()
+    for t in TEMPERATURES:
+        w.values[f"final.p@{t:g}"] = softmax(logits, t).gather(-1, top).cpu().numpy()  # (T, TOP)
+    w.values["final.logits"] = logits.gather(-1, top).cpu().numpy()
+    w.shapes["final.logits"] = list(logits.shape)
+    return w
+
+
+# ---------------------------------------------------------------------------------------------------- HTML
+_VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+
+
+def _color(value: float, low: float, high: float, diverging: bool) -> str:
+    if diverging:  # blue (negative) - white - red (positive)
+        scale = max(abs(low), abs(high), 1e-12)
+        x = max(-1.0, min(1.0, value / scale))
+        r, g, b = (
+            (255, int(255 * (1 - x)), int(255 * (1 - x))) if x >= 0 else (int(255 * (1 + x)), int(255 * (1 + x)), 255)
+        )
+        return f"rgb({r},{g},{b})"
+    x = 0.0 if high <= low else max(0.0, min(1.0, (value - low) / (high - low)))
+    i = min(int(x * (len(_VIRIDIS) - 1)), len(_VIRIDIS) - 2)
+    f = x * (len(_VIRIDIS) - 1) - i
+    r, g, b = (round(a + (c - a) * f) for a, c in zip(_VIRIDIS[i], _VIRIDIS[i + 1], strict=True))
+    return f"rgb({r},{g},{b})"
+
+
+def heatmap(
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    title: str,
+    mask: np.ndarray | None = None,
+    diverging: bool = False,
+    limits: tuple[float, float] | None = None,
+) -> str:
+    """An inline SVG heatmap; each cell's <title> holds its value. Cells outside `mask` are grey ("masked").
+    Colours span the shown values, or `limits` (e.g. (0, 1) for weights)."""
+    cell, left, top = 16, 8 + 7 * max((len(r) for r in rows), default=1), 8 + 7 * max((len(c) for c in cols), default=1)
+    width, height = max(left + cell * len(cols) + 4, 8 * len(title) + 8), top + cell * len(rows) + 22
+    shown = matrix if mask is None else matrix[mask.astype(bool)]
+    low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
+    if limits is not None:
+        low, high = limits
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="heat">',
+             f'<text x="{left}" y="{height - 6}" class="cap">{html.escape(title)}</text>']  # fmt: skip
+    for j, label in enumerate(cols):
+        x = left + j * cell + cell / 2
+        parts.append(f'<text transform="translate({x + 4},{top - 4}) rotate(-90)">{html.escape(label)}</text>')
+    for i, label in enumerate(rows):
+        y = top + i * cell
+        parts.append(f'<text x="{left - 4}" y="{y + 12}" text-anchor="end">{html.escape(label)}</text>')
+        for j in range(len(cols)):
+            if mask is not None and not mask[i, j]:
+                fill, tip = "#bbb", "masked"
+            else:
+                fill, tip = _color(float(matrix[i, j]), low, high, diverging), f"{matrix[i, j]:.4g}"
+            parts.append(
+                f'<rect x="{left + j * cell}" y="{y}" width="{cell}" height="{cell}" fill="{fill}">'
+                f"<title>{html.escape(rows[i])} -> {html.escape(cols[j])}: {tip}</title></rect>"
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(matrix: np.ndarray, rows: Sequence[str], header: str, shape: Sequence[int] | None = None) -> str:
+    dims = matrix.shape[1]
+    head = "".join(f"<th>{d}</th>" for d in range(dims))
+    body = "".join(
+        f"<tr><th>{html.escape(r)}</th>" + "".join(f"<td>{v:.4f}</td>" for v in row) + "</tr>"
+        for r, row in zip(rows, matrix, strict=True)
+    )
+    note = f" — shape {tuple(shape)}, first {dims} dimensions" if shape else ""
+    return f"<p class='what'>{header}{note}</p><table><tr><th></th>{head}</tr>{body}</table>"
+
+
+def _attention_html(w: Walk, name: str, rows: list[str], cols: list[str], heading: str) -> str:
+    v, H = w.values, w.config["n_heads"]
+    d_k = w.config["d_model"] // H
+    out = [f"<h4>{heading}</h4>"]
+    out.append(
+        f"<p>Q = x W<sup>Q</sup>, K = {'memory' if 'cross' in name else 'x'} W<sup>K</sup>, V = "
+        f"{'memory' if 'cross' in name else 'x'} W<sup>V</sup>, one matrix multiplication for all {H} heads: "
+        f"Q {tuple(w.shapes[name + '.q'])}, K {tuple(w.shapes[name + '.k'])}, V {tuple(w.shapes[name + '.v'])} "
+        f"(batch, heads, positions, d_k = {d_k}).</p>"
+    )
+    out.append(_table(v[name + ".q"], rows, "Q of head 0", w.shapes[name + ".q"]))
+    out.append(_table(v[name + ".k"], cols, "K of head 0", w.shapes[name + ".k"]))
+    for key, label, diverging in (
+        ("scores", "raw scores QK<sup>T</sup>", True),
+        ("scaled", f"scaled scores QK<sup>T</sup> / sqrt(d_k) = QK<sup>T</sup> / {math.sqrt(d_k):.3f}", True),
+        ("weights", "softmax weights (each row sums to 1)", False),
+    ):
+        mask = v[name + ".mask"] if key != "scores" else None
+        limits = None if diverging else (0.0, 1.0)
+        maps = "".join(
+            heatmap(v[f"{name}.{key}"][h], rows, cols, f"head {h}", mask, diverging, limits) for h in range(H)
+        )
+        out.append(f"<p class='what'>{label}</p><div class='row'>{maps}</div>")
+        if key == "scaled":
+            n_masked = int((v[name + ".mask"] == 0).sum())
+            causal = name.startswith("decoder") and name.endswith("self_attn")
+            why = "later positions: a step must not see the future" if causal else "padding"
+            out.append(
+                f"<p class='what'>mask: {n_masked} of {v[name + '.mask'].size} query-key pairs may not attend "
+                f"({why}); they get the most negative float before the softmax, so weight exactly 0</p>"
+                + heatmap(v[name + ".mask"].astype(float), rows, cols, "mask (1 = may attend)", limits=(0.0, 1.0))
+            )
+    out.append(_table(v[name + ".context"], rows, "weighted sum softmax(...) V of head 0", w.shapes[name + ".context"]))
+    out.append(_table(v[name + ".concat"], rows, "Concat(head_1..head_h)", w.shapes[name + ".concat"]))
+    out.append(
+        _table(
+            v[name + ".output"], rows, "Concat(...) W<sup>O</sup>: the sublayer's output", w.shapes[name + ".output"]
+        )
+    )
+    return "".join(out)
+
+
+def _block_html(w: Walk, name: str, rows: list[str], what: str) -> str:
+    pre = w.config["norm"] == "pre"
+    formula = f"x + {what}(LayerNorm(x))" if pre else f"LayerNorm(x + {what}(x))"
+    return _table(w.values[name + ".output"], rows, f"Add &amp; Norm: {formula}", w.shapes[name + ".output"])
+
+
+def _ffn_html(w: Walk, name: str, rows: list[str]) -> str:
+    act = w.config["activation"]
+    formula = "max(0, x W1 + b1) W2 + b2" if act == "relu" else f"{act} feed-forward"
+    return "".join([
+        f"<h4>Position-wise feed-forward: {formula} (d_ff = {w.config['d_ff']})</h4>",
+        _table(w.values[name + ".hidden"], rows, "hidden layer, after the activation", w.shapes[name + ".hidden"]),
+        _table(w.values[name + ".output"], rows, "FFN output", w.shapes[name + ".output"]),
+    ])  # fmt: skip
+
+
+def _layer_html(w: Walk, stack: str, i: int, rows: list[str], source: list[str], open_: bool) -> str:
+    base = f"{stack}.layers.{i}"
+    parts = []
+    self_cols = rows if stack == "encoder" else w.target
+    heading = "Self-attention" if stack == "encoder" else "Masked self-attention"
+    parts.append(_attention_html(w, f"{base}.self_attn", rows, self_cols, heading))
+    parts.append(_block_html(w, f"{base}.self_attn_block", rows, "SelfAttention"))
+    if f"{base}.cross_attn.weights" in w.values:
+        parts.append(
+            _attention_html(
+                w,
+                f"{base}.cross_attn",
+                rows,
+                source,
+                "Encoder-decoder attention (queries from the decoder, keys and values from the encoder output)",
+            )
+        )
+        parts.append(_block_html(w, f"{base}.cross_attn_block", rows, "CrossAttention"))
+    parts.append(_ffn_html(w, f"{base}.ffn", rows))
+    parts.append(_block_html(w, f"{base}.ffn_block", rows, "FFN"))
+    return f"<details{' open' if open_ else ''}><summary>{stack} layer {i}</summary>{''.join(parts)}</details>"
+
+
+def _embedding_html(w: Walk, name: str, labels: list[str], ids: list[int]) -> str:
+    d = w.config["d_model"]
+    scaling = f" x sqrt(d_model) = x {math.sqrt(d):.3f}" if w.config["scale_embeddings"] else ""
+    parts = [
+        "<table><tr><th>token</th>" + "".join(f"<td>{html.escape(t)}</td>" for t in labels) + "</tr>"
+        "<tr><th>id</th>" + "".join(f"<td>{i}</td>" for i in ids) + "</tr></table>",
+        _table(w.values[name + ".token"], labels,
+               f"token embedding{scaling}", w.shapes[name + ".token"]),
+    ]  # fmt: skip
+    if name + ".position" in w.values:
+        kind = "sinusoidal PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...)"
+        if w.config["positional"] == "learned":
+            kind = "learned position embedding"
+        parts.append(_table(w.values[name + ".position"], labels, kind, w.shapes[name + ".position"]))
+    parts.append(
+        _table(w.values[name + ".output"], labels, "their sum: the first layer's input", w.shapes[name + ".output"])
+    )
+    return "".join(parts)
+
+
+def _final_html(w: Walk, tokenizer, positions: list[str]) -> str:
+    v = w.values
+    temps = "".join(f"<th>p at T={t:g}</th>" for t in TEMPERATURES)
+    rows = []
+    for t, label in enumerate(positions):
+        ids = v["final.top_ids"][t]
+        for r, token_id in enumerate(ids):
+            first = f"<th rowspan='{len(ids)}'>{html.escape(label)}</th>" if r == 0 else ""
+            probs = "".join(f"<td>{v[f'final.p@{temp:g}'][t, r]:.4f}</td>" for temp in TEMPERATURES)
+            rows.append(
+                f"<tr>{first}<td>{html.escape(tokenizer.labels([int(token_id)])[0])}</td>"
+                f"<td>{v['final.logits'][t, r]:.3f}</td>{probs}</tr>"
+            )
+    return (
+        "<p>The decoder's output goes through the output Linear (logits over the whole vocabulary, shape "
+        f"{tuple(w.shapes['final.logits'])}), then softmax(logits / T). A low temperature sharpens the choice, a "
+        "high one flattens it; the order of the candidates never changes.</p>"
+        f"<table><tr><th>position reads</th><th>candidate</th><th>logit</th>{temps}</tr>{''.join(rows)}</table>"
+    )
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h2{border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:.3em 0 1em;font-size:12px}
+td,th{border:1px solid #ddd;padding:2px 5px;text-align:right}th{background:#f4f4f4}
+.what{margin:.6em 0 .2em;font-weight:600}.row{display:flex;flex-wrap:wrap;gap:8px}
+svg.heat text{font-size:10px}svg.heat text.cap{font-size:11px;font-weight:600}
+details{border:1px solid #ddd;border-radius:4px;padding:.3em .8em;margin:.5em 0}
+summary{font-weight:700;cursor:pointer}"""
+
+
+def render(w: Walk, tokenizer) -> str:
+    """The report as one self-contained HTML string."""
+    c = w.config
+    sections = [f"<h1>aiayn explain</h1><p>Input: <b>{html.escape(w.text)}</b>"]
+    if w.arch == "seq2seq":
+        sections[0] += f"<br>Translation (the model's own): <b>{html.escape(w.translation)}</b>"
+    sections[0] += (
+        f"</p><p>Model: {w.arch}, d_model {c['d_model']}, {c['n_heads']} heads (d_k = {c['d_model'] // c['n_heads']}), "
+        f"d_ff {c['d_ff']}, {c['n_encoder_layers'] if w.arch == 'seq2seq' else 0} encoder + {c['n_decoder_layers']} "
+        f"decoder layers, {c['norm']}-LN, {c['positional']} positions. Vectors show their first {DIMS} dimensions; "
+        "hover a heatmap cell for its value.</p>"
+    )
+    decoder_rows = w.target
+    if w.arch == "seq2seq":
+        sections.append("<h2>1. Tokens and embeddings (encoder input)</h2>")
+        sections.append(_embedding_html(w, "src_embed", w.source, w.source_ids))
+        sections.append("<h2>2. Encoder</h2>")
+        sections.extend(_layer_html(w, "encoder", i, w.source, w.source, i == 0) for i in range(c["n_encoder_layers"]))
+        sections.append("<h2>3. Decoder input: BOS, then the translation so far (shifted right)</h2>")
+        sections.append(_embedding_html(w, "tgt_embed", w.target, w.target_ids))
+        sections.append("<h2>4. Decoder (each row: one step, seeing only earlier steps)</h2>")
+        sections.extend(
+            _layer_html(w, "decoder", i, decoder_rows, w.source, i == 0) for i in range(c["n_decoder_layers"])
+        )
+        sections.append("<h2>5. Output: the next token at each step</h2>")
+    else:
+        sections.append("<h2>1. Tokens and embeddings</h2>")
+        sections.append(_embedding_html(w, "embed", w.target, w.target_ids))
+        sections.append("<h2>2. Decoder-only layers (masked self-attention)</h2>")
+        sections.extend(_layer_html(w, "decoder", i, decoder_rows, [], i == 0) for i in range(c["n_decoder_layers"]))
+        sections.append("<h2>3. Output: the next token after each position (the last row continues the text)</h2>")
+    sections.append(_final_html(w, tokenizer, decoder_rows))
+    data = {
+        "arch": w.arch, "text": w.text, "translation": w.translation, "source": w.source, "source_ids": w.source_ids,
+        "target": w.target, "target_ids": w.target_ids, "output": w.output, "shapes": w.shapes,
+        "values": {name: array.tolist() for name, array in w.values.items()},
+    }  # fmt: skip
+    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")  # cannot end the <script> early
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>aiayn explain</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(sections)}"
+        f"<script id='aiayn-explain' type='application/json'>{payload}</script></body></html>\n"
+    )
+
+
+def explain(pretrained, text: str, out: str | Path, beam: int = 1) -> Path:
+    """Walk `text` through the model and write the HTML report to `out` (atomically)."""
+    from aiayn.train.checkpoint import write_atomic
+
+    path = Path(out)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--out {out}: expected a file name ending in .html")
+    if not path.parent.exists():
+        raise ValueError(f"--out {out}: the folder {path.parent} does not exist")
+    write_atomic(path, render(walk(pretrained, text, beam), pretrained.tokenizer).encode("utf-8"))
+    return path
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """The numbers embedded in a report (for tests and scripts): the JSON of its aiayn-explain script block."""
+    text = Path(path).read_text(encoding="utf-8")
+    start = text.index("<script id='aiayn-explain' type='application/json'>") + len(
+        "<script id='aiayn-explain' type='application/json'>"
+    )
+    return json.loads(text[start : text.index("</script>", start)].replace("<\\/", "</"))

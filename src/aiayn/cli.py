@@ -225,6 +225,22 @@ def _explain(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, extra: list[str]) -> int:
+    from aiayn.inference import load
+    from aiayn.serve import Settings, serve
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port}: expected 1..65535")
+    if args.max_in_flight < 1:
+        raise ValueError(f"--max-in-flight {args.max_in_flight}: expected a number >= 1")
+    model = load(args.model, device=args.device)
+    settings = Settings(max_in_flight=args.max_in_flight, cors_origins=args.cors_origin or [])
+    settings.allowed_hosts += args.allowed_host or []
+    print(f"serving {model.folder} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    serve(model, args.host, args.port, settings)
+    return 0
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="a run folder (its best checkpoint) or a checkpoint")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
@@ -365,6 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.html", metavar="FILE", help="the HTML file to write (default report.html)")
     p.add_argument("--beam", type=int, default=1, help="beam size of the translation walked (default 1: greedy)")
     p.set_defaults(func=_explain)
+
+    p = sub.add_parser("serve", help="a local HTTP API and web page for a trained model")
+    _add_model(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-in-flight", type=int, default=4, help="requests run at once; more get 503 (default 4)")
+    p.add_argument("--allowed-host", action="append", metavar="HOST", help="also accept this Host header")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser requests from ORIGIN")
+    p.set_defaults(func=_serve)
     return parser
 
 

@@ -1,0 +1,18 @@
+"""`aiayn serve`: a small local HTTP API and web page for a trained model (see `aiayn.serve.app`)."""
+
+from __future__ import annotations
+
+from aiayn.serve.app import Settings, create_app
+
+__all__ = ["Settings", "create_app", "serve"]
+
+
+def serve(pretrained, host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
+    """Serve `pretrained` (an `aiayn.load(DIR)` result) until interrupted. The host given is added to the Host
+    allow-list, so binding another address works with requests addressed to it."""
+    import uvicorn
+
+    settings = settings or Settings()
+    if host not in settings.allowed_hosts and host not in ("0.0.0.0", "::"):
+        settings.allowed_hosts.append(host)
+    uvicorn.run(create_app(pretrained, settings), host=host, port=port, log_level="info", server_header=False)

@@ -192,31 +192,37 @@ def beam_search(
         finish = (is_eos & (rank[: top.shape[1]] < K)) | (go_on & at_limit[:, None])  # (n, 2K)
         finish &= top > NEG / 2  # never a copy of the first beam that was dropped at step 1
 
-        # Merge the hypotheses finishing now into each source's K best finished ones.
-        prefix = seqs.view(n, K, step)[:, :, 1:].gather(1, beam[:, :, None].expand(-1, -1, step - 1))  # (n, 2K, step-1)
-        new_tokens = torch.cat([prefix, token[:, :, None]], dim=2)  # (n, 2K, step)
-        new_tokens = torch.nn.functional.pad(new_tokens, (0, L - step), value=PAD_ID)  # (n, 2K, L)
-        new_score = torch.where(finish, top / length_penalty(step, alpha), NEG)  # (n, 2K)
-        all_score = torch.cat([fin_score, new_score], dim=1)  # (n, 3K)
-        fin_score, pick = all_score.topk(K, dim=1)  # (n, K), best first
-        fin_len = torch.cat([fin_len, torch.full_like(token, step)], dim=1).gather(1, pick)
-        fin_eos = torch.cat([fin_eos, is_eos & finish], dim=1).gather(1, pick)
-        fin_tokens = torch.cat([fin_tokens, new_tokens], dim=1).gather(1, pick[:, :, None].expand(-1, -1, L))
+        # Most steps finish nothing (a source at its limit always finishes its open prefixes): skip the merge.
+        keep = None
+        if bool(finish.any()):
+            # Merge the hypotheses finishing now into each source's K best finished ones.
+            prefix = seqs.view(n, K, step)[:, :, 1:].gather(1, beam[:, :, None].expand(-1, -1, step - 1))
+            new_tokens = torch.cat([prefix, token[:, :, None]], dim=2)  # (n, 2K, step)
+            new_tokens = torch.nn.functional.pad(new_tokens, (0, L - step), value=PAD_ID)  # (n, 2K, L)
+            new_score = torch.where(finish, top / length_penalty(step, alpha), NEG)  # (n, 2K)
+            all_score = torch.cat([fin_score, new_score], dim=1)  # (n, 3K)
+            fin_score, pick = all_score.topk(K, dim=1)  # (n, K), best first
+            fin_len = torch.cat([fin_len, torch.full_like(token, step)], dim=1).gather(1, pick)
+            fin_eos = torch.cat([fin_eos, is_eos & finish], dim=1).gather(1, pick)
+            fin_tokens = torch.cat([fin_tokens, new_tokens], dim=1).gather(1, pick[:, :, None].expand(-1, -1, L))
 
-        # A source is done with K finished hypotheses (or at its limit, where its open prefixes just finished).
-        done = at_limit | (fin_score[:, K - 1] > NEG)  # (n,)
-        if bool(done.any()):
-            _collect(results, active[done], fin_score[done], fin_len[done], fin_tokens[done], fin_eos[done], n_best)
-        keep = ~done
-        if not bool(keep.any()):
-            break
+            # A source is done with K finished hypotheses (or at its limit, where its open prefixes just finished).
+            done = at_limit | (fin_score[:, K - 1] > NEG)  # (n,)
+            if bool(done.any()):
+                _collect(results, active[done], fin_score[done], fin_len[done], fin_tokens[done], fin_eos[done], n_best)
+                keep = ~done
+                if not bool(keep.any()):
+                    break
 
-        # Carry on with the K best open prefixes of the remaining sources.
+        # Carry on with the K best open prefixes of the remaining sources (keep None: all of them).
         order = (~go_on).to(torch.uint8).argsort(dim=1, stable=True)[:, :K]  # (n, K): positions of go_on
-        scores = top.gather(1, order)[keep]  # (m, K)
-        next_token = token.gather(1, order)[keep]  # (m, K)
-        rows = (torch.arange(n, device=device)[:, None] * K + beam.gather(1, order))[keep].view(-1)  # (m*K,)
-        shrink = not bool(keep.all())
+        scores = top.gather(1, order)  # (n, K)
+        next_token = token.gather(1, order)  # (n, K)
+        rows = torch.arange(n, device=device)[:, None] * K + beam.gather(1, order)  # (n, K)
+        shrink = keep is not None
+        if shrink:
+            scores, next_token, rows = scores[keep], next_token[keep], rows[keep]  # (m, K)
+        rows = rows.view(-1)  # (m*K,)
         cache.reorder(rows, cross=shrink)
         seqs = torch.cat([seqs.index_select(0, rows), next_token.view(-1, 1)], dim=1)  # (m*K, step+1)
         if shrink:

@@ -31,11 +31,10 @@ import numpy as np
 import torch
 import yaml
 
-from aiayn.config import BOS_ID, EOS_ID, PAD_ID, RunConfig
+from aiayn.config import PAD_ID, RunConfig
 from aiayn.data.corpus import TokenCorpus, collate, token_batches, token_stream
 from aiayn.data.prepare import Prepared, lm_blocks, prepare
 from aiayn.data.reader import DataError
-from aiayn.decoding import greedy
 from aiayn.evaluate import translation_scores
 from aiayn.model import build_model
 from aiayn.train import checkpoint as ckpt
@@ -466,28 +465,14 @@ class Trainer:
 
     @torch.no_grad()
     def translate(self, sources: list[str]) -> list[str]:
-        """Greedy translations of `sources` (the full decoder comes with `aiayn.decoding`'s beam search)."""
+        """Greedy translations of `sources` (validation BLEU, the demo), by the batched decoder that `aiayn
+        translate` uses, under the run's autocast."""
+        from aiayn.inference import Pretrained
+
         self.model.eval()
-        tok = self.data.tokenizer
-        ids = [x[: self.config.data.max_tokens - 1] + [EOS_ID] for x in tok.encode_batch(sources)]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out: list[str] = [""] * len(ids)
-        budget = max(self.config.train.max_tokens, 1)
-        i = 0
-        while i < len(order):
-            longest = len(ids[order[min(len(order) - 1, i)]])
-            size = max(1, budget // (longest + 50))
-            chunk = order[i : i + size]
-            longest = max(len(ids[j]) for j in chunk)
-            src = torch.full((len(chunk), longest), PAD_ID, dtype=torch.long)  # (B, S)
-            for row, j in enumerate(chunk):
-                src[row, : len(ids[j])] = torch.tensor(ids[j])
-            with self._autocast():
-                hyps = greedy(self.model, src.to(self.dist.device), max_len=longest + 50, bos_id=BOS_ID, eos_id=EOS_ID)
-            for j, hyp in zip(chunk, hyps, strict=True):
-                out[j] = tok.decode(hyp)
-            i += size
-        return out
+        model = Pretrained(self.model, self.data.tokenizer, {"model": self.config.model.to_dict()}, self.run_dir)
+        with self._autocast():
+            return model.translate(sources, beam=1, batch_tokens=max(self.config.train.max_tokens, 1))
 
     def _evaluate(self, step: int) -> tuple[bool, bool]:
         """Validation loss (+ BLEU and chrF for seq2seq) on rank 0; updates `best`. Returns (stop early, improved)."""

@@ -6,7 +6,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_inference import write_model
 
 import aiayn
 from aiayn.cli import main
@@ -14,18 +13,11 @@ from aiayn.config import EOS_ID
 from aiayn.explain import DIMS, TEMPERATURES, read_report
 from aiayn.model import record_attention
 from aiayn.model.layers import sinusoidal_table
-from aiayn.tokenizer import train_tokenizer
-
-TEXT = ["two dogs play in the snow", "zwei hunde spielen im schnee", "a man rides a bike", "ein mann fährt rad"] * 5
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    tokenizer = train_tokenizer(TEXT, vocab_size=300, min_frequency=1)
-    folder = tmp_path_factory.mktemp("explain")
-    write_model(folder / "s2s", tokenizer, output_bias=True)
-    write_model(folder / "lm", tokenizer, arch="lm")
-    return folder
+def models(model_folders):
+    return model_folders
 
 
 def close(reported, expected):

@@ -9,23 +9,16 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
-from test_inference import write_model
 
 import aiayn
 from aiayn.serve import Settings, create_app
-from aiayn.tokenizer import train_tokenizer
 
-TEXT = ["two dogs play in the snow", "zwei hunde spielen im schnee", "a man rides a bike", "ein mann fährt rad"] * 5
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    tokenizer = train_tokenizer(TEXT, vocab_size=300, min_frequency=1)
-    folder = tmp_path_factory.mktemp("serve")
-    write_model(folder / "s2s", tokenizer, output_bias=True)
-    write_model(folder / "lm", tokenizer, arch="lm")
-    return aiayn.load(folder / "s2s", device="cpu"), aiayn.load(folder / "lm", device="cpu")
+def models(model_folders):
+    return aiayn.load(model_folders / "s2s", device="cpu"), aiayn.load(model_folders / "lm", device="cpu")
 
 
 def client(model, **settings):

@@ -7,25 +7,22 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pytest
 import torch
-from test_inference import write_model
 
 import aiayn
 from aiayn import viz
 from aiayn.cli import main
 from aiayn.config import EOS_ID
-from aiayn.tokenizer import train_tokenizer
 
-TEXT = ["two dogs play in the snow", "zwei hunde spielen im schnee", "a man rides a bike", "ein mann fährt rad"] * 5
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    tokenizer = train_tokenizer(TEXT, vocab_size=300, min_frequency=1)
-    folder = tmp_path_factory.mktemp("viz")
-    write_model(folder / "s2s", tokenizer, output_bias=True)
-    write_model(folder / "lm", tokenizer, arch="lm")
-    return aiayn.load(folder / "s2s", device="cpu"), aiayn.load(folder / "lm", device="cpu"), folder
+def models(model_folders):
+    return (
+        aiayn.load(model_folders / "s2s", device="cpu"),
+        aiayn.load(model_folders / "lm", device="cpu"),
+        model_folders,
+    )
 
 
 def test_recorded_weights_are_softmax_of_scaled_scores_of_the_model(models):

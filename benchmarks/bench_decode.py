@@ -122,10 +122,17 @@ def run_aiayn(paths: dict, beam: int, batch: int, profile: bool = False) -> dict
     import torch
 
     torch.set_num_threads(THREADS)
-    from aiayn.decoding import beam_search, greedy_search
-    from aiayn.inference import load
+    import yaml
 
-    model = load(paths["aiayn"], device="cpu").model
+    from aiayn import ModelConfig
+    from aiayn.decoding import beam_search, greedy_search
+    from aiayn.model import build_model
+    from aiayn.train import checkpoint as ckpt
+
+    # The folder's weights and config (its tokenizer is a stand-in: the inputs are ids).
+    config = yaml.safe_load((Path(paths["aiayn"]) / "config.yaml").read_text(encoding="utf-8"))
+    model = build_model(ModelConfig.from_dict(config["model"])).eval()
+    ckpt.load_weights(model, paths["aiayn"])
     src = torch.tensor(inputs(batch, paths["vocab"]))
 
     def once():

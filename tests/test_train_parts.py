@@ -167,3 +167,29 @@ def test_weight_decay_uses_adamw_and_spares_biases_and_norms():
     decayed, spared = optim.param_groups
     assert decayed["weight_decay"] == 0.1 and [p.shape for p in decayed["params"]] == [torch.Size([4, 3])]
     assert spared["weight_decay"] == 0.0 and len(spared["params"]) == 3  # linear bias, norm weight and bias
+
+
+def test_matmul_precision_bf16_uses_bf16_inputs_and_restores_the_setting():
+    from aiayn.train.distributed import matmul_precision
+
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 128), torch.randn(128, 96)
+    exact = a @ b
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with matmul_precision("bf16", torch.device("cpu")):
+            assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+            fast = a @ b
+        rounded = a.bfloat16().double() @ b.bfloat16().double()  # bf16 inputs, exact accumulation
+        torch.testing.assert_close(fast.double(), rounded, rtol=0, atol=1e-3)
+        assert not torch.equal(fast, exact)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    with matmul_precision("fp32", torch.device("cpu")):
+        assert torch.equal(a @ b, exact)
+    with (
+        pytest.raises(ValueError, match="'tf32' is for CUDA devices; on CPUs use 'bf16'"),
+        matmul_precision("tf32", torch.device("cpu")),
+    ):
+        pass
+    with pytest.raises(ValueError, match="matmul_precision"):
+        RunConfig.from_dict({"train": {"matmul_precision": "fp8"}})

@@ -154,6 +154,7 @@ Task = Literal["", "dates", "copy", "reverse"]
 TokenizerKind = Literal["bpe", "char"]
 Schedule = Literal["noam", "inverse_sqrt", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
+MatmulPrecision = Literal["fp32", "bf16", "tf32"]
 BestMetric = Literal["loss", "bleu"]
 
 
@@ -280,6 +281,9 @@ class TrainConfig:
     eval_bleu_sentences: int = 500  # validation sentences translated (greedy) for BLEU/chrF; 0 = loss only
     seed: int = 1
     precision: Precision = "fp32"
+    # fp32 matrix multiplications computed with bf16 inputs and fp32 accumulation (CPU: oneDNN on AMX /
+    # AVX512-BF16) or TF32 (CUDA); weights, activations and everything else stay fp32. "fp32" = exact.
+    matmul_precision: MatmulPrecision = "fp32"
     compile: bool = False
     device: str = "auto"  # "auto" = cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = torch's default

@@ -5,7 +5,9 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single pro
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -69,3 +71,28 @@ def barrier(d: Dist) -> None:
 def teardown(d: Dist) -> None:
     if d.active and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def matmul_precision(kind: str, device: torch.device) -> Iterator[None]:
+    """Run the block with fp32 matrix multiplications at the given internal precision (see
+    TrainConfig.matmul_precision), and restore the previous setting afterwards."""
+    if kind == "fp32":
+        yield
+        return
+    if kind == "bf16":
+        if device.type != "cpu":
+            raise ValueError("train.matmul_precision='bf16' is for CPUs; on CUDA use 'tf32'")
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            raise ValueError("train.matmul_precision='bf16' needs a CPU with AVX512-BF16 or AMX; use 'fp32'")
+        backend = torch.backends.mkldnn.matmul
+    else:
+        if device.type != "cuda":
+            raise ValueError("train.matmul_precision='tf32' is for CUDA devices; on CPUs use 'bf16'")
+        backend = torch.backends.cuda.matmul
+    previous = backend.fp32_precision
+    backend.fp32_precision = kind
+    try:
+        yield
+    finally:
+        backend.fp32_precision = previous

@@ -276,7 +276,8 @@ class Trainer:
 
             forward_model = DistributedDataParallel(forward_model)
         self.forward_model = forward_model
-        return self._loop()
+        with distributed.matmul_precision(cfg.train.matmul_precision, self.dist.device):
+            return self._loop()
 
     def _write_run_config(self) -> None:
         text = yaml.safe_dump(self.config.to_dict(), sort_keys=False, allow_unicode=True)

@@ -81,7 +81,9 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and not declared.isdigit():
+            return await _send_json(send, 400, {"error": "Content-Length is not a number"})
+        if declared is not None and int(declared) > self.limit:
             return await _send_json(send, 413, {"error": f"request body over {self.limit:,} bytes"})
         body, more = b"", True
         while more:

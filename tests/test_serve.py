@@ -87,6 +87,8 @@ def test_body_limit_host_allow_list_cors_and_no_internals_in_errors(models, monk
 
     r = api.post("/v1/translate", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
+    r = api.post("/v1/translate", content=b"{}", headers={"content-type": "application/json", "content-length": "x"})
+    assert r.status_code == 400 and r.json() == {"error": "Content-Length is not a number"}
     evil = TestClient(create_app(s2s), base_url="http://attacker.example")
     assert evil.get("/health").status_code == 400
     r = api.get("/health", headers={"Origin": "http://elsewhere.example"})
@@ -192,3 +194,14 @@ def test_web_page_in_headless_chromium(models, tmp_path):
             driver.quit()
         server.should_exit = True
         thread.join(10)
+
+
+def test_serve_command_rejects_bad_arguments_before_starting(model_folders, capsys):
+    from aiayn.cli import main
+
+    assert main(["serve", "--model", str(model_folders / "s2s"), "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --port 0: expected 1..65535"
+    assert main(["serve", "--model", str(model_folders / "s2s"), "--max-in-flight", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --max-in-flight 0: expected a number >= 1"
+    assert main(["serve", "--model", str(model_folders / "missing")]) == 2
+    assert "no such model folder" in capsys.readouterr().err

@@ -294,3 +294,25 @@ def test_max_minutes_stops_evaluates_and_saves(tmp_path):
     assert "stopped after step 1: train.max_minutes=1e-05 reached" in result.stdout
     assert [e["step"] for e in metrics(out)] == [1, 1]  # the step's log line, then its validation
     assert os.readlink(out / "last") == os.path.join("checkpoints", "step-000001")
+
+
+def test_matmul_precision_reaches_training_and_a_wrong_device_is_one_line(tmp_path):
+    exact = train(tmp_path / "fp32", "--train.max_steps", "3")
+    assert exact.returncode == 0, exact.stderr
+    wrong = train(tmp_path / "tf32", "--train.max_steps", "3", "--train.matmul_precision", "tf32")
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().splitlines()[-1] == (
+        "error: train.matmul_precision='tf32' is for CUDA devices; on CPUs use 'bf16'"
+    )
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pytest.skip("this CPU has no bf16 matrix multiplication")
+    fast = train(tmp_path / "bf16", "--train.max_steps", "3", "--train.matmul_precision", "bf16")
+    assert fast.returncode == 0, fast.stderr
+
+    def losses(run):
+        rows = (run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(r)["loss"] for r in rows if "split" not in json.loads(r)]
+
+    a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert len(a) == len(b) == 3 and a != b  # bf16 inputs change the numbers a little...
+    assert a == pytest.approx(b, rel=2e-2)  # ...and only a little

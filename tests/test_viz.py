@@ -88,6 +88,10 @@ def test_plot_attention_command_labels_axes_with_the_real_tokens(models, capsys)
     capsys.readouterr()
     code = main(["plot", "attention", "--model", str(folder / "s2s"), "--text", "x", "--head", "9", "--out", str(png)])
     assert code == 2 and capsys.readouterr().err.strip() == "error: --head 9: expected 0..3 (the model has 4 heads)"
+    kept = png.read_bytes()
+    code = main(["plot", "attention", "--model", str(folder / "s2s"), "--text", "x", "--layer", "5", "--out", str(png)])
+    assert code == 2 and png.read_bytes() == kept  # a failed picture leaves the old file
+    capsys.readouterr()
     code = main(["plot", "attention", "--model", str(folder / "s2s"), "--text", "x", "--out", str(folder / "a.jpg")])
     assert code == 2 and "a.jpg: expected a file name ending in .png or .svg" in capsys.readouterr().err
 

@@ -60,16 +60,13 @@ def walk(pretrained, text: str, beam: int = 1) -> Walk:
     model, tokenizer = pretrained.model, pretrained.tokenizer
     device = pretrained.device
     if pretrained.is_lm:
-        ids = tokenizer.encode(text)[-model.config.max_len :]
-        if not ids:
-            raise ValueError("text: empty; give at least one character")
+        ids = pretrained.lm_inputs(text)
         w = Walk("lm", model.config.to_dict(), text, [], [], tokenizer.labels(ids), ids, [], "")
         inputs: tuple[torch.Tensor, ...] = (torch.tensor([ids], device=device),)
     else:
         source, decoder_in, output, translation = pretrained.walk_inputs(text, beam)
-        w = Walk("seq2seq", model.config.to_dict(), text, tokenizer.labels(source), source, [], decoder_in, output,
-                 translation)  # fmt: skip
-        w.target = tokenizer.labels(decoder_in)
+        w = Walk("seq2seq", model.config.to_dict(), text, tokenizer.labels(source), source,
+                 tokenizer.labels(decoder_in), decoder_in, output, translation)  # fmt: skip
         inputs = (torch.tensor([source], device=device), torch.tensor([decoder_in], device=device))
 
     names = {module: name for name, module in model.named_modules()}

@@ -164,9 +164,7 @@ class Pretrained:
         and its translation; for a language model, of reading `text`. The weights are the ones the model's
         forward pass computes (the readable attention path), not a re-computation."""
         if self.is_lm:
-            ids = self.tokenizer.encode(text)[-self.model.config.max_len :]
-            if not ids:
-                raise ValueError("text: empty; give at least one character")
+            ids = self.lm_inputs(text)
             with record_attention(self.model) as recorder:
                 logits = self.model(torch.tensor([ids], device=self.device))  # (1, T, V)
             predicted = logits[0].argmax(-1).tolist()
@@ -177,6 +175,14 @@ class Pretrained:
         return Attention(
             self.tokenizer.labels(source), self.tokenizer.labels(decoder_in), output, translation, _weights(recorder)
         )
+
+    def lm_inputs(self, text: str) -> list[int]:
+        """A language model's token ids of `text`, its last max_len tokens; ValueError for an empty text."""
+        self._need("lm", "read a text")
+        ids = self.tokenizer.encode(text)[-self.model.config.max_len :]
+        if not ids:
+            raise ValueError("text: empty; give at least one character")
+        return ids
 
     @torch.no_grad()
     def walk_inputs(

@@ -81,10 +81,17 @@ def font_families(labels: Sequence[str]) -> list[str]:
 
 
 def _save(fig, path: Path) -> Path:
+    """Write the figure atomically: a picture that fails to render leaves the previous file as it was."""
+    import io
+
+    from aiayn.train.checkpoint import write_atomic
+
     plt = _pyplot()
+    buffer = io.BytesIO()
     with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, and small
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.savefig(buffer, format=path.suffix.lower()[1:], dpi=120, bbox_inches="tight")
     plt.close(fig)
+    write_atomic(path, buffer.getvalue())
     return path
 
 

@@ -223,3 +223,39 @@ def test_causal_self_attention_with_cache_equals_full():
         parts = [attn(x[:, :4], causal=True, cache=cache)]
         parts += [attn(x[:, t : t + 1], causal=True, cache=cache) for t in range(4, 9)]
         torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_matmul_attention_matches_the_fused_kernel_in_float64(causal):
+    # The path train.matmul_precision='bf16' takes on the CPU (see fast_attention): same function, other kernels.
+    from aiayn.model.attention import _matmul_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 7, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    padding = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    padding[0, ..., 5:] = False
+    full = padding & causal_mask(7) if causal else padding
+    out = _matmul_attention(q, k, v, padding, 0.0, causal)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=full)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-10)
+
+
+@pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="needs a CPU with AVX512-BF16 or AMX",
+)
+def test_bf16_matmul_precision_routes_cpu_attention_through_matmuls():
+    from aiayn.model.attention import _matmul_attention
+    from aiayn.train.distributed import matmul_precision
+
+    q, k, v = _qkv()
+    mask = _masks()["padding"]
+    with matmul_precision("bf16", torch.device("cpu")):
+        out = fast_attention(q, k, v, mask)
+        assert torch.equal(out, _matmul_attention(q, k, v, mask, 0.0, False))
+    expected, _ = scaled_dot_product_attention(q, k, v, mask)
+    torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)  # bf16 inputs, fp32 accumulation

@@ -193,3 +193,14 @@ def test_matmul_precision_bf16_uses_bf16_inputs_and_restores_the_setting():
         pass
     with pytest.raises(ValueError, match="matmul_precision"):
         RunConfig.from_dict({"train": {"matmul_precision": "fp8"}})
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    from aiayn.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=1 needs CUDA device 1, but this machine has 1: start torchrun "
+                       r"with --nproc_per_node <= 1, or use --train.device cpu"):  # fmt: skip
+        distributed.setup("cuda")

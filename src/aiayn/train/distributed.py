@@ -40,6 +40,12 @@ def setup(device: str = "auto") -> Dist:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"process LOCAL_RANK={local_rank} needs CUDA device {local_rank}, but this machine has "
+                f"{torch.cuda.device_count()}: start torchrun with --nproc_per_node <= {torch.cuda.device_count()}, "
+                "or use --train.device cpu"
+            )
         torch.cuda.set_device(local_rank)
         chosen = torch.device("cuda", local_rank)
     else:

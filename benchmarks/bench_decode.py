@@ -18,6 +18,7 @@ after torch has done real work in a process, CTranslate2's batch-1 decoding ther
     pip install ctranslate2                       # not a dependency of aiayn; only this benchmark needs it
     python benchmarks/bench_decode.py --json benchmarks/out/decode.json
     python benchmarks/bench_decode.py --configs small --engines aiayn --cells greedy_b1 --profile
+    AIAYN_BENCH_LAYOUT=training python benchmarks/bench_decode.py ...   # aiayn without `inference_layout`
 """
 
 from __future__ import annotations
@@ -126,13 +127,15 @@ def run_aiayn(paths: dict, beam: int, batch: int, profile: bool = False) -> dict
 
     from aiayn import ModelConfig
     from aiayn.decoding import beam_search, greedy_search
-    from aiayn.model import build_model
+    from aiayn.model import build_model, inference_layout
     from aiayn.train import checkpoint as ckpt
 
     # The folder's weights and config (its tokenizer is a stand-in: the inputs are ids).
     config = yaml.safe_load((Path(paths["aiayn"]) / "config.yaml").read_text(encoding="utf-8"))
     model = build_model(ModelConfig.from_dict(config["model"])).eval()
     ckpt.load_weights(model, paths["aiayn"])
+    if os.environ.get("AIAYN_BENCH_LAYOUT", "inference") == "inference":
+        inference_layout(model)  # what aiayn.load does on the CPU
     src = torch.tensor(inputs(batch, paths["vocab"]))
 
     def once():

@@ -291,3 +291,33 @@ def test_cli_input_errors_name_the_argument_or_line(seq2seq, lm, tmp_path, capsy
     out.write_text("kept\n", encoding="utf-8")
     assert "no such file" in error("translate", "--model", seq2seq, "--input", tmp_path / "nope", "--output", out)
     assert out.read_text(encoding="utf-8") == "kept\n"  # nothing already written is lost
+
+
+@pytest.mark.parametrize("arch", ["seq2seq", "lm"])
+def test_inference_layout_keeps_every_value_and_result(tokenizer, tmp_path, arch):
+    from aiayn.model import inference_layout
+
+    model = write_model(tmp_path / arch, tokenizer, arch=arch, output_bias=arch == "seq2seq")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src = torch.tensor([[5, 9, 13, 7, EOS_ID], [8, 6, EOS_ID, PAD_ID, PAD_ID]])
+    tgt = torch.tensor([[BOS_ID, 11, 12], [BOS_ID, 4, 9]])
+    with torch.no_grad():
+        expected = model(src, tgt) if arch == "seq2seq" else model(tgt)
+        tokens = beam_search(model, src, beam_size=3, max_len=8) if arch == "seq2seq" else None
+        assert inference_layout(model) is model
+        after = model(src, tgt) if arch == "seq2seq" else model(tgt)
+    linear = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear and all(w.stride() == (1, w.shape[0]) for w in linear)  # column-major, same shape
+    assert model.output.weight.stride() == (1, model.output.weight.shape[0])
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)  # only the summation order may differ
+    if arch == "seq2seq":
+        assert beam_search(model, src, beam_size=3, max_len=8) == tokens
+    # A loaded model has this layout on the CPU, and its weights still save (safetensors wants contiguous data).
+    loaded = aiayn.load(tmp_path / arch, device="cpu")
+    assert loaded.model.output.weight.stride() == (1, loaded.model.output.weight.shape[0])
+    ckpt.save_checkpoint(tmp_path / "again", model=loaded.model, config=loaded.config, tokenizer_json=b"{}")
+    ckpt.load_weights(model, tmp_path / "again")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name

@@ -1,6 +1,8 @@
 """The training recipe's pure parts: label-smoothed loss, learning-rate schedules, run configs and overrides."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -204,3 +206,30 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"LOCAL_RANK=1 needs CUDA device 1, but this machine has 1: start torchrun "
                        r"with --nproc_per_node <= 1, or use --train.device cpu"):  # fmt: skip
         distributed.setup("cuda")
+
+
+FAULTS = """
+import resource, sys, torch
+from aiayn.train.memory import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+faults = []
+for _ in range(3):
+    x = torch.ones(16 * 2**20)  # 64 MB, written: every page touched
+    del x
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 2**20)
+    del x
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults[-1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_keep_freed_memory_stops_the_page_faults_of_a_repeated_large_allocation():
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    default, kept = faults("default"), faults("keep")
+    assert kept < 16 <= default  # 16,384 4-KiB pages by default (32 with transparent huge pages), 0 when kept

@@ -75,7 +75,7 @@ def length_limits(model, src: torch.Tensor, max_len: int | None) -> torch.Tensor
     return limits.clamp(max=model.config.max_len)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy(
     model, src: torch.Tensor, max_len: int | None = None, bos_id: int = BOS_ID, eos_id: int = EOS_ID
 ) -> list[list[int]]:
@@ -83,7 +83,7 @@ def greedy(
     return [h.tokens for h in greedy_search(model, src, max_len, bos_id, eos_id)]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_search(
     model,
     src: torch.Tensor,
@@ -131,7 +131,7 @@ def greedy_search(
     return hyps
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(
     model,
     src: torch.Tensor,
@@ -186,45 +186,51 @@ def beam_search(
         top, flat = (scores[:, :, None] + logp).view(n, K * V).topk(min(2 * K, K * V), dim=1)  # (n, 2K)
         beam, token = flat // V, flat % V  # (n, 2K) which prefix each extension continues, and with what
         is_eos = token == eos_id
-        # The K best extensions that do not end in EOS carry on (there are >= K: at most K of 2K end in EOS).
-        go_on = ~is_eos & ((~is_eos).cumsum(dim=1) <= K)  # (n, 2K)
         at_limit = limits[active] <= step  # (n,)
-        finish = (is_eos & (rank[: top.shape[1]] < K)) | (go_on & at_limit[:, None])  # (n, 2K)
-        finish &= top > NEG / 2  # never a copy of the first beam that was dropped at step 1
-
-        # Most steps finish nothing (a source at its limit always finishes its open prefixes): skip the merge.
         keep = None
-        if bool(finish.any()):
-            # Merge the hypotheses finishing now into each source's K best finished ones.
-            prefix = seqs.view(n, K, step)[:, :, 1:].gather(1, beam[:, :, None].expand(-1, -1, step - 1))
-            new_tokens = torch.cat([prefix, token[:, :, None]], dim=2)  # (n, 2K, step)
-            new_tokens = torch.nn.functional.pad(new_tokens, (0, L - step), value=PAD_ID)  # (n, 2K, L)
-            new_score = torch.where(finish, top / length_penalty(step, alpha), NEG)  # (n, 2K)
-            all_score = torch.cat([fin_score, new_score], dim=1)  # (n, 3K)
-            fin_score, pick = all_score.topk(K, dim=1)  # (n, K), best first
-            fin_len = torch.cat([fin_len, torch.full_like(token, step)], dim=1).gather(1, pick)
-            fin_eos = torch.cat([fin_eos, is_eos & finish], dim=1).gather(1, pick)
-            fin_tokens = torch.cat([fin_tokens, new_tokens], dim=1).gather(1, pick[:, :, None].expand(-1, -1, L))
+        if not bool(is_eos[:, :K].any() | at_limit.any()):
+            # Most steps: no EOS among the K best and no source at its limit, so nothing finishes and the K best
+            # extensions carry on as they are (one check instead of the bookkeeping below).
+            scores, next_token, from_beam = top[:, :K], token[:, :K], beam[:, :K]  # (n, K)
+        else:
+            # The K best extensions that do not end in EOS carry on (there are >= K: at most K of 2K end in EOS).
+            go_on = ~is_eos & ((~is_eos).cumsum(dim=1) <= K)  # (n, 2K)
+            finish = (is_eos & (rank[: top.shape[1]] < K)) | (go_on & at_limit[:, None])  # (n, 2K)
+            finish &= top > NEG / 2  # never a copy of the first beam that was dropped at step 1
+            if bool(finish.any()):
+                # Merge the hypotheses finishing now into each source's K best finished ones.
+                prefix = seqs.view(n, K, step)[:, :, 1:].gather(1, beam[:, :, None].expand(-1, -1, step - 1))
+                new_tokens = torch.cat([prefix, token[:, :, None]], dim=2)  # (n, 2K, step)
+                new_tokens = torch.nn.functional.pad(new_tokens, (0, L - step), value=PAD_ID)  # (n, 2K, L)
+                new_score = torch.where(finish, top / length_penalty(step, alpha), NEG)  # (n, 2K)
+                all_score = torch.cat([fin_score, new_score], dim=1)  # (n, 3K)
+                fin_score, pick = all_score.topk(K, dim=1)  # (n, K), best first
+                fin_len = torch.cat([fin_len, torch.full_like(token, step)], dim=1).gather(1, pick)
+                fin_eos = torch.cat([fin_eos, is_eos & finish], dim=1).gather(1, pick)
+                fin_tokens = torch.cat([fin_tokens, new_tokens], dim=1)  # (n, 3K, L)
+                fin_tokens = fin_tokens.gather(1, pick[:, :, None].expand(-1, -1, L))  # (n, K, L)
 
-            # A source is done with K finished hypotheses (or at its limit, where its open prefixes just finished).
-            done = at_limit | (fin_score[:, K - 1] > NEG)  # (n,)
-            if bool(done.any()):
-                _collect(results, active[done], fin_score[done], fin_len[done], fin_tokens[done], fin_eos[done], n_best)
-                keep = ~done
-                if not bool(keep.any()):
-                    break
+                # A source is done with K finished hypotheses (or at its limit, where its open prefixes just
+                # finished).
+                done = at_limit | (fin_score[:, K - 1] > NEG)  # (n,)
+                if bool(done.any()):
+                    _collect(
+                        results, active[done], fin_score[done], fin_len[done], fin_tokens[done], fin_eos[done], n_best
+                    )
+                    keep = ~done
+                    if not bool(keep.any()):
+                        break
+            order = (~go_on).to(torch.uint8).argsort(dim=1, stable=True)[:, :K]  # (n, K): positions of go_on
+            scores, next_token, from_beam = top.gather(1, order), token.gather(1, order), beam.gather(1, order)
 
         # Carry on with the K best open prefixes of the remaining sources (keep None: all of them).
-        order = (~go_on).to(torch.uint8).argsort(dim=1, stable=True)[:, :K]  # (n, K): positions of go_on
-        scores = top.gather(1, order)  # (n, K)
-        next_token = token.gather(1, order)  # (n, K)
-        rows = torch.arange(n, device=device)[:, None] * K + beam.gather(1, order)  # (n, K)
+        rows = torch.arange(n, device=device)[:, None] * K + from_beam  # (n, K)
         shrink = keep is not None
         if shrink:
             scores, next_token, rows = scores[keep], next_token[keep], rows[keep]  # (m, K)
         rows = rows.view(-1)  # (m*K,)
         cache.reorder(rows, cross=shrink)
-        seqs = torch.cat([seqs.index_select(0, rows), next_token.view(-1, 1)], dim=1)  # (m*K, step+1)
+        seqs = torch.cat([seqs.index_select(0, rows), next_token.reshape(-1, 1)], dim=1)  # (m*K, step+1)
         if shrink:
             memory = memory.view(n, K, S, -1)[keep].flatten(0, 1)  # (m*K, S, D)
             src_mask = src_mask.view(n, K, 1, 1, S)[keep].flatten(0, 1)  # (m*K, 1, 1, S)
@@ -268,7 +274,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample(
     model,
     prompt: torch.Tensor,

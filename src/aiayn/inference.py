@@ -24,7 +24,7 @@ import yaml
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from aiayn.decoding import beam_search, check_options, greedy_search, sample
-from aiayn.model import build_model
+from aiayn.model import build_model, inference_layout
 from aiayn.model.attention import record_attention
 from aiayn.tokenizer import Tokenizer
 from aiayn.train import checkpoint as ckpt
@@ -87,7 +87,10 @@ def load(path: str | Path, device: str | torch.device | None = "auto") -> Pretra
         )
     model = build_model(model_config)
     ckpt.load_weights(model, folder)
-    return Pretrained(model.to(pick_device(device)).eval(), tokenizer, config, folder)
+    model = model.to(pick_device(device)).eval()
+    if next(model.parameters()).device.type == "cpu":
+        inference_layout(model)  # faster CPU decoding; same values
+    return Pretrained(model, tokenizer, config, folder)
 
 
 class Pretrained:

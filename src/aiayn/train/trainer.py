@@ -38,7 +38,7 @@ from aiayn.data.reader import DataError
 from aiayn.evaluate import translation_scores
 from aiayn.model import build_model
 from aiayn.train import checkpoint as ckpt
-from aiayn.train import distributed
+from aiayn.train import distributed, memory
 from aiayn.train.loss import label_smoothed_loss
 from aiayn.train.optim import learning_rate, make_optimizer
 
@@ -204,6 +204,8 @@ class Trainer:
         cfg = self.config
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if self.dist.device.type == "cpu":
+            memory.keep_freed_memory()  # no page faults for the step's large tensors (see aiayn.train.memory)
         if self.init_from and not cfg.tokenizer.path:  # fine-tuning keeps the token ids the weights were trained on
             cfg.tokenizer.path = str(ckpt.resolve_model_dir(self.init_from) / "tokenizer.json")
         self.data = self._prepare_data()

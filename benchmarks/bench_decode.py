@@ -122,7 +122,7 @@ def convert(marian_dir: str, out_dir: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- workers
-def run_aiayn(paths: dict, beam: int, batch: int, profile: bool = False) -> dict:
+def run_aiayn(paths: dict, beam: int, batch: int, profile: bool = False, compile: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(THREADS)
@@ -130,7 +130,7 @@ def run_aiayn(paths: dict, beam: int, batch: int, profile: bool = False) -> dict
 
     from aiayn import ModelConfig
     from aiayn.decoding import beam_search, greedy_search
-    from aiayn.model import build_model, inference_layout
+    from aiayn.model import build_model, compile_decoding, inference_layout
     from aiayn.train import checkpoint as ckpt
 
     # The folder's weights and config (its tokenizer is a stand-in: the inputs are ids).
@@ -139,6 +139,8 @@ def run_aiayn(paths: dict, beam: int, batch: int, profile: bool = False) -> dict
     ckpt.load_weights(model, paths["aiayn"])
     if os.environ.get("AIAYN_BENCH_LAYOUT", "inference") == "inference":
         inference_layout(model)  # what aiayn.load does on the CPU
+    if compile:
+        compile_decoding(model)  # what aiayn.load(..., compile=True) does; compiled in the untimed warm-up
     src = torch.tensor(inputs(batch, paths["vocab"]))
 
     def once():
@@ -200,7 +202,9 @@ def run_ct2(paths: dict, beam: int, batch: int, compute_type: str) -> dict:
 
 
 def _time(once) -> dict:
-    outputs = once()  # warm-up (and the outputs, for the cross-engine check)
+    start = time.perf_counter()
+    outputs = once()  # warm-up (and the outputs, for the cross-engine check); compiles, with --compile
+    warmup = time.perf_counter() - start
     runs, start = 0, time.perf_counter()
     while True:
         once()
@@ -209,19 +213,27 @@ def _time(once) -> dict:
         if elapsed >= MIN_SECONDS:
             break
     tokens = sum(len(o) for o in outputs)
-    return {"tokens_per_s": tokens * runs / elapsed, "runs": runs, "seconds": elapsed, "outputs": outputs}
+    return {
+        "tokens_per_s": tokens * runs / elapsed,
+        "runs": runs,
+        "seconds": elapsed,
+        "warmup_s": warmup,
+        "outputs": outputs,
+    }
 
 
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
 
 
-def measure(engine: str, paths: dict, cell: str, profile: bool) -> dict:
+def measure(engine: str, paths: dict, cell: str, profile: bool, compile: bool = False) -> dict:
     """One cell in a fresh process with THREADS threads; returns its JSON result."""
     args = [sys.executable, __file__, "--worker", engine, "--paths", json.dumps(paths), "--cells", cell]
     args += ["--threads", str(THREADS)]
     if profile:
         args.append("--profile")
+    if compile:
+        args.append("--compile")
     proc = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} {cell} failed:\n{proc.stderr[-3000:]}")
@@ -239,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--threads", default="2", help="threads per engine; a list (1,2) measures each")
     parser.add_argument("--profile", action="store_true", help="torch.profiler table of one aiayn run (stderr)")
+    parser.add_argument(
+        "--compile", action="store_true", help="aiayn: compiled decoding steps (aiayn.model.compile_decoding)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--paths", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--convert", nargs=2, default=None, help=argparse.SUPPRESS)
@@ -253,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = json.loads(args.paths)
         beam, batch = CELLS[args.cells]
         if args.worker == "aiayn":
-            result = run_aiayn(paths, beam, batch, args.profile)
+            result = run_aiayn(paths, beam, batch, args.profile, args.compile)
         elif args.worker == "hf":
             result = run_hf(paths, beam, batch)
         else:
@@ -270,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
                 row = {"config": config, "cell": cell, "threads": THREADS}
                 outputs = {}
                 for engine in args.engines.split(","):
-                    r = measure(engine, paths, cell, args.profile and engine == "aiayn")
+                    r = measure(engine, paths, cell, args.profile and engine == "aiayn", args.compile)
                     row[engine] = round(r["tokens_per_s"], 1)
                     outputs[engine] = r["outputs"]
                     print(

@@ -11,8 +11,8 @@ import torch
 
 from aiayn import ModelConfig
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID
-from aiayn.decoding import Hypothesis, beam_search, check_options, greedy, greedy_search, length_penalty
-from aiayn.model import Transformer
+from aiayn.decoding import Hypothesis, beam_search, check_options, greedy, greedy_search, length_penalty, sample
+from aiayn.model import LanguageModel, Transformer, compile_decoding
 
 V = 12
 
@@ -214,3 +214,37 @@ def test_min_len_forbids_eos_before_it():
     assert all(h.finished for h in greedy_search(model, src, min_len=5))
     for hyps in beam_search(model, src, beam_size=3, n_best=3, min_len=4):
         assert [len(h.tokens) for h in hyps] == [4, 4, 4] and all(h.finished for h in hyps)  # K prefixes, each + EOS
+
+
+def test_compiled_decoding_gives_the_eager_hypotheses():
+    """compile_decoding: greedy, beam search (whose batch shrinks as sources finish) and sampling give the eager
+    tokens, finished flags and scores, over batches of different sizes and source lengths (one compilation with
+    dynamic shapes serves them all: the compiled step does not recompile for each, and is not silently eager)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager, compiled = tiny_model(5), compile_decoding(tiny_model(5))
+    for n, seed in [(6, 30), (1, 31), (3, 32)]:
+        src = pad(sources(n, seed=seed))
+        for search in (
+            lambda m, src=src: [[h] for h in greedy_search(m, src, max_len=9)],
+            lambda m, src=src: beam_search(m, src, beam_size=3, alpha=0.6, max_len=9, n_best=3),
+        ):
+            want, got = search(eager), search(compiled)
+            assert [[(h.tokens, h.finished) for h in n_best] for n_best in got] == [
+                [(h.tokens, h.finished) for h in n_best] for n_best in want
+            ]
+            for n_got, n_want in zip(got, want, strict=True):
+                assert [h.score for h in n_got] == pytest.approx([h.score for h in n_want], abs=1e-5)
+    # The steps ran compiled: a graph for the first batch, one once the source length varied (dynamic from then
+    # on) and one for batches of a single row; not one per batch.
+    assert counters["stats"]["unique_graphs"] == 3
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="lm", vocab_size=V, d_model=32, n_heads=4, n_decoder_layers=2, d_ff=64, max_len=32)
+    lm = LanguageModel(config).eval()
+    prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    want = sample(lm, prompt, 12, temperature=0.8, generator=torch.Generator().manual_seed(1))
+    compile_decoding(lm)
+    assert sample(lm, prompt, 12, temperature=0.8, generator=torch.Generator().manual_seed(1)) == want

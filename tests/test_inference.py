@@ -321,3 +321,15 @@ def test_inference_layout_keeps_every_value_and_result(tokenizer, tmp_path, arch
     ckpt.load_weights(model, tmp_path / "again")
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_load_with_compile_translates_as_eager(model_folders):
+    """aiayn.load(..., compile=True): the decoding step is compiled (aiayn.model.compile_decoding) and the
+    translations are the eager ones, one sentence at a time (the case compilation is for) and batched."""
+    texts = ["two dogs play in the snow", "a man rides a bike", "", "ein mann"]
+    eager = aiayn.load(model_folders / "s2s", device="cpu")
+    compiled = aiayn.load(model_folders / "s2s", device="cpu", compile=True)
+    assert hasattr(compiled.model.decode, "compiled") and not hasattr(eager.model.decode, "compiled")
+    want = eager.translate(texts, beam=1, max_len=8)
+    assert [compiled.translate(t, beam=1, max_len=8)[0] for t in texts] == want
+    assert compiled.translate(texts, beam=1, max_len=8) == want

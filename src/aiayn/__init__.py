@@ -18,13 +18,15 @@ __version__ = "0.1.0"
 __all__ = ["ModelConfig", "__version__", "load"]
 
 
-def load(path: str, device: str | None = "auto") -> Pretrained:
+def load(path: str, device: str | None = "auto", compile: bool = False) -> Pretrained:
     """Load a trained model folder (a run folder: its best checkpoint; or a checkpoint folder).
 
     Returns a `Pretrained` with `.translate(texts, beam=4, alpha=0.6, ...)`, `.generate(prompt, ...)`,
     `.score(...)`, `.perplexity(...)`, and `.model` / `.tokenizer` / `.config`. Imported lazily, so that
-    `import aiayn` (and `aiayn --help`) does not load torch.
+    `import aiayn` (and `aiayn --help`) does not load torch. compile=True compiles the decoding step
+    (`aiayn.model.compile_decoding`): ~1.4x faster decoding one sentence at a time on a CPU, after a one-time
+    compilation at the first batch.
     """
     from aiayn.inference import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, compile=compile)

@@ -103,7 +103,7 @@ def greedy_search(
     src_mask = padding_mask(src, model.config.pad_id)  # (B, 1, 1, S)
     memory = model.encode(src, src_mask)  # (B, S, D)
     limits = length_limits(model, src, max_len)  # (B,)
-    cache = model.new_cache()
+    cache = model.new_cache(int(limits.max()))
     B = src.shape[0]
     token = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
@@ -163,7 +163,7 @@ def beam_search(
     # Each source is repeated K times: rows b*K ... b*K + K - 1 hold its beams.
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, D)
     src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
-    cache = model.new_cache()
+    cache = model.new_cache(L)
     seqs = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)  # (B*K, t): BOS + tokens so far
     scores = torch.full((B, K), NEG, device=device)  # total log-probability of each open prefix
     scores[:, 0] = 0.0  # at the start the K beams are the same prefix: keep one
@@ -301,7 +301,7 @@ def sample(
     context = prompt[:, -(max_len - 1) :]  # (B, P') the tokens the model can see
     if not slide:
         max_new_tokens = min(max_new_tokens, max_len - context.shape[1])
-    cache = model.new_cache()
+    cache = model.new_cache(min(context.shape[1] + max(max_new_tokens, 0), max_len))
     logits = model(context, cache=cache)[:, -1]  # (B, V)
     steps: list[torch.Tensor] = []
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
@@ -320,7 +320,7 @@ def sample(
             break
         if cache.length >= max_len:  # only with slide: re-read the last 3/4 of the context
             keep = torch.cat([context, *steps], dim=1)[:, -(3 * max_len // 4) :]  # (B, 3/4 max_len)
-            cache = model.new_cache()
+            cache = model.new_cache(max_len)
             logits = model(keep, cache=cache)[:, -1]
         else:
             logits = model(token, cache=cache)[:, -1]

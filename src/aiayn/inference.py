@@ -24,7 +24,7 @@ import yaml
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from aiayn.decoding import beam_search, check_options, greedy_search, sample
-from aiayn.model import build_model, inference_layout
+from aiayn.model import build_model, compile_decoding, inference_layout
 from aiayn.model.attention import record_attention
 from aiayn.tokenizer import Tokenizer
 from aiayn.train import checkpoint as ckpt
@@ -65,10 +65,14 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def load(path: str | Path, device: str | torch.device | None = "auto") -> Pretrained:
+def load(path: str | Path, device: str | torch.device | None = "auto", compile: bool = False) -> Pretrained:
     """A model folder -> Pretrained. CheckpointError (one line naming the folder and the problem) when the folder
     is missing or incomplete, its files do not match their manifest, the tokenizer does not belong to the weights,
-    or the weights do not match the config."""
+    or the weights do not match the config.
+
+    compile=True compiles the decoding step (`aiayn.model.compile_decoding`): faster decoding after a one-time
+    compilation at the first batch.
+    """
     folder = ckpt.resolve_model_dir(path)
     ckpt.verify(folder)
     try:
@@ -90,6 +94,8 @@ def load(path: str | Path, device: str | torch.device | None = "auto") -> Pretra
     model = model.to(pick_device(device)).eval()
     if next(model.parameters()).device.type == "cpu":
         inference_layout(model)  # faster CPU decoding; same values
+    if compile:
+        compile_decoding(model)
     return Pretrained(model, tokenizer, config, folder)
 
 

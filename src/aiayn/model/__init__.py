@@ -17,6 +17,7 @@ __all__ = [
     "MultiHeadAttention",
     "Transformer",
     "build_model",
+    "compile_decoding",
     "inference_layout",
     "record_attention",
     "scaled_dot_product_attention",
@@ -45,4 +46,43 @@ def inference_layout(model):
             is_matrix = isinstance(weight, torch.nn.Parameter) and weight.dim() == 2 and weight.is_contiguous()
             if is_matrix and isinstance(module, torch.nn.Linear | OutputProjection):
                 weight.data = weight.data.t().contiguous().t()  # same (out, in) shape, strides (1, out)
+    return model
+
+
+def compile_decoding(model):
+    """Compile the step that decoding repeats, in place, with torch.compile; returns the model.
+
+    That step is `Transformer.decode` (one new token against the cache and the encoder memory) or
+    `LanguageModel.forward` with a cache. At batch 1 a step spends most of its time outside the matrix-vector
+    products: in PyTorch's dispatch of ~15 small operations per layer and in Python. Compiled, each step is one
+    call into generated code: ~1.4x faster at batch 1 on a 2-core CPU (benchmarks/RESULTS.md). The first step of
+    each batch (empty cache: it also projects the encoder memory, or reads the prompt) stays eager, and the
+    decoders size the cache at their length limit up front, so one graph with dynamic shapes (batch, source
+    length, steps so far) serves every later step; batches of one sentence get a second graph. Each costs
+    ~10-20 s of compilation on a 2-core CPU, once per process: worth it for many calls at batch 1 (a service,
+    interactive use), not for one batched file. On the CPU the generated code includes its C++ wrapper (inductor's
+    cpp_wrapper), which removes the per-operation Python. Tokens and scores are the eager ones
+    (tests/test_decoding.py). Compiled steps do not record attention (`record_attention`).
+    """
+    import torch
+
+    options = {"cpp_wrapper": True} if next(model.parameters()).device.type == "cpu" else None
+    seq2seq = isinstance(model, Transformer)
+    eager = model.decode if seq2seq else model.forward
+    compiled = torch.compile(eager, dynamic=True, options=options)
+
+    def step(*args, **kwargs):
+        cache = kwargs.get("cache", args[-1] if len(args) == (4 if seq2seq else 2) else None)
+        if cache is None or cache.length == 0:
+            return eager(*args, **kwargs)
+        # The new tokens arrive as (B, T) views with varying strides (argmax, top-k, gathers): one layout for
+        # all, instead of one compiled graph per layout.
+        args = (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
+        return compiled(*args, **kwargs)
+
+    step.compiled = compiled
+    if seq2seq:
+        model.decode = step
+    else:
+        model.forward = step
     return model

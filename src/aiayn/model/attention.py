@@ -80,7 +80,7 @@ def fast_attention(
     see benchmarks/RESULTS.md). Elsewhere (GPUs) the half-precision kernels are the fast ones and run as they are.
     """
     half = q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")
-    if q.device.type == "cpu" and q.dtype == torch.float32 and torch.backends.mkldnn.matmul.fp32_precision == "bf16":
+    if q.device.type == "cpu" and q.dtype == torch.float32 and _bf16_matmuls():
         return _matmul_attention(q, k, v, mask, dropout_p, is_causal)
     if q.device.type == "cpu" and half and k.shape[-2] <= FP32_ATTENTION_MAX_KEYS:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
@@ -90,6 +90,14 @@ def fast_attention(
             return checkpoint(_fp32_attention, q, k, v, mask, dropout_p, is_causal, dtype, use_reentrant=False)
         return _fp32_attention(q, k, v, mask, dropout_p, is_causal, dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
+@torch.compiler.assume_constant_result
+def _bf16_matmuls() -> bool:
+    """Whether fp32 matrix multiplications on the CPU run with bf16 inputs (train.matmul_precision='bf16').
+    torch.compile cannot trace the read of this setting (a graph break in every layer): it takes the value it has
+    when the model is compiled as a constant."""
+    return torch.backends.mkldnn.matmul.fp32_precision == "bf16"
 
 
 def _matmul_attention(
@@ -139,16 +147,17 @@ class AttentionCache:
     whole past at every step); encoder-decoder attention stores the projected memory once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0) -> None:
         self.k: torch.Tensor | None = None  # (B, H, capacity, Dh)
         self.v: torch.Tensor | None = None
         self.length = 0
+        self.capacity = capacity  # steps to allocate at the first append, when known (no regrowth later)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add t new steps (k, v: (B, H, t, Dh)); return every step so far, (B, H, length, Dh) views."""
         end = self.length + k.shape[2]
         if self.k is None or end > self.k.shape[2]:
-            capacity = max(end, 2 * (0 if self.k is None else self.k.shape[2]), 16)
+            capacity = max(end, 2 * (0 if self.k is None else self.k.shape[2]), 16, self.capacity)
             new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])  # (B, H, capacity, Dh)
             new_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
             if self.k is not None:
@@ -174,8 +183,8 @@ class AttentionCache:
 class LayerCache:
     """The caches of one decoder layer: masked self-attention and encoder-decoder attention."""
 
-    def __init__(self) -> None:
-        self.self_attn = AttentionCache()
+    def __init__(self, capacity: int = 0) -> None:
+        self.self_attn = AttentionCache(capacity)
         self.cross_attn = AttentionCache()
 
 
@@ -186,8 +195,10 @@ class KVCache:
     tokens: past keys/values are reused, encoder-decoder keys/values are computed once.
     """
 
-    def __init__(self, n_layers: int) -> None:
-        self.layers = [LayerCache() for _ in range(n_layers)]
+    def __init__(self, n_layers: int, capacity: int = 0) -> None:
+        # capacity: the most steps this cache will hold, when known (decoding knows its length limit); the
+        # buffers are allocated once at that size instead of growing by doubling.
+        self.layers = [LayerCache(capacity) for _ in range(n_layers)]
 
     @property
     def length(self) -> int:
@@ -312,7 +323,8 @@ class MultiHeadAttention(nn.Module):
         if cache is not None and not self.cross:
             k, v = cache.append(k, v)  # (B, H, offset + T, Dh)
 
-        recorder = _RECORDER.get()
+        # torch.compile cannot trace ContextVar.get (a graph break in every layer); compiled code never records.
+        recorder = None if torch.compiler.is_compiling() else _RECORDER.get()
         dropout_p = self.attention_dropout if self.training else 0.0
         steps: dict[str, torch.Tensor] = {}
         if recorder is not None:

@@ -37,5 +37,6 @@ class LanguageModel(nn.Module):
         offset = cache.length if cache is not None else 0
         return self.output(self.decoder(self.embed(ids, offset), cache=cache))
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_decoder_layers)
+    def new_cache(self, capacity: int = 0) -> KVCache:
+        """An empty KV cache; capacity: the most target steps it will hold, when known (allocated at once)."""
+        return KVCache(self.config.n_decoder_layers, capacity)

@@ -187,5 +187,6 @@ class Transformer(nn.Module):
         src_mask = padding_mask(src, self.config.pad_id)
         return self.decode(tgt, self.encode(src, src_mask), src_mask)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_decoder_layers)
+    def new_cache(self, capacity: int = 0) -> KVCache:
+        """An empty KV cache; capacity: the most target steps it will hold, when known (allocated at once)."""
+        return KVCache(self.config.n_decoder_layers, capacity)

@@ -82,6 +82,10 @@ def fast_attention(
     half = q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")
     if q.device.type == "cpu" and q.dtype == torch.float32 and _bf16_matmuls():
         return _matmul_attention(q, k, v, mask, dropout_p, is_causal)
+    if q.device.type == "cpu" and q.shape[-2] == 1 and torch.compiler.is_compiling():
+        # A compiled decoding step (aiayn.model.compile_decoding): one query per row, whose two small matrix
+        # products and softmax the compiler generates inline, faster than a call of the fused kernel.
+        return _matmul_attention(q, k, v, mask, dropout_p, is_causal)
     if q.device.type == "cpu" and half and k.shape[-2] <= FP32_ATTENTION_MAX_KEYS:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
         if torch.is_grad_enabled() and q.requires_grad:

@@ -19,6 +19,7 @@ CTranslate2's batch-1 decoding there runs 2-7x slower.
     pip install ctranslate2                       # not a dependency of aiayn; only this benchmark needs it
     python benchmarks/bench_decode.py --json benchmarks/out/decode.json
     python benchmarks/bench_decode.py --configs small --threads 1,2 --json benchmarks/out/decode-small.json
+    python benchmarks/bench_decode.py --configs small --threads 1,2 --compile   # aiayn's steps compiled (warm-up)
     python benchmarks/bench_decode.py --configs small --engines aiayn --cells greedy_b1 --profile
     AIAYN_BENCH_LAYOUT=training python benchmarks/bench_decode.py ...   # aiayn without `inference_layout`
 """

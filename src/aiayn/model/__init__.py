@@ -55,7 +55,7 @@ def compile_decoding(model):
     That step is `Transformer.decode` (one new token against the cache and the encoder memory) or
     `LanguageModel.forward` with a cache. At batch 1 a step spends most of its time outside the matrix-vector
     products: in PyTorch's dispatch of ~15 small operations per layer and in Python. Compiled, each step is one
-    call into generated code: ~1.4x faster at batch 1 on a 2-core CPU (benchmarks/RESULTS.md). The first step of
+    call into generated code: 1.2-1.35x faster at batch 1 on a 2-core CPU (benchmarks/RESULTS.md). The first step of
     each batch (empty cache: it also projects the encoder memory, or reads the prompt) stays eager, and the
     decoders size the cache at their length limit up front, so one graph with dynamic shapes (batch, source
     length, steps so far) serves every later step; batches of one sentence get a second graph. Each costs

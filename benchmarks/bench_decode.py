@@ -203,9 +203,7 @@ def run_ct2(paths: dict, beam: int, batch: int, compute_type: str) -> dict:
 
 
 def _time(once) -> dict:
-    start = time.perf_counter()
     outputs = once()  # warm-up (and the outputs, for the cross-engine check); compiles, with --compile
-    warmup = time.perf_counter() - start
     runs, start = 0, time.perf_counter()
     while True:
         once()
@@ -214,13 +212,7 @@ def _time(once) -> dict:
         if elapsed >= MIN_SECONDS:
             break
     tokens = sum(len(o) for o in outputs)
-    return {
-        "tokens_per_s": tokens * runs / elapsed,
-        "runs": runs,
-        "seconds": elapsed,
-        "warmup_s": warmup,
-        "outputs": outputs,
-    }
+    return {"tokens_per_s": tokens * runs / elapsed, "runs": runs, "seconds": elapsed, "outputs": outputs}
 
 
 def _env() -> dict:

@@ -12,7 +12,7 @@ import torch
 from aiayn import ModelConfig
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID
 from aiayn.decoding import Hypothesis, beam_search, check_options, greedy, greedy_search, length_penalty, sample
-from aiayn.model import LanguageModel, Transformer, compile_decoding
+from aiayn.model import KVCache, LanguageModel, Transformer, compile_decoding, record_attention
 
 V = 12
 
@@ -238,7 +238,20 @@ def test_compiled_decoding_gives_the_eager_hypotheses():
             for n_got, n_want in zip(got, want, strict=True):
                 assert [h.score for h in n_got] == pytest.approx([h.score for h in n_want], abs=1e-5)
     # The steps ran compiled: a graph for the first batch, one once the source length varied (dynamic from then
-    # on) and one for batches of a single row; not one per batch.
+    # on) and one for batches of a single row; not one per batch (a graph break in attention would add more).
+    assert counters["stats"]["unique_graphs"] == 3
+    # Compiling again changes nothing; while attention is recorded, every step runs eager and is recorded.
+    step = compiled.decode
+    assert compile_decoding(compiled).decode is step
+    src = pad(sources(3, seed=33))
+    with record_attention(eager) as want:
+        greedy_search(eager, src, max_len=9, min_len=9)
+    with record_attention(compiled) as got:
+        greedy_search(compiled, src, max_len=9, min_len=9)
+    name = "decoder.layers.1.cross_attn"
+    assert len(got.weights[name]) == len(want.weights[name]) == 9
+    for w_got, w_want in zip(got.weights[name], want.weights[name], strict=True):
+        torch.testing.assert_close(w_got, w_want)
     assert counters["stats"]["unique_graphs"] == 3
 
     torch.manual_seed(0)
@@ -248,3 +261,21 @@ def test_compiled_decoding_gives_the_eager_hypotheses():
     want = sample(lm, prompt, 12, temperature=0.8, generator=torch.Generator().manual_seed(1))
     compile_decoding(lm)
     assert sample(lm, prompt, 12, temperature=0.8, generator=torch.Generator().manual_seed(1)) == want
+
+
+def test_kv_cache_with_a_capacity_allocates_once():
+    """KVCache(n, capacity): the buffers are allocated at that size at the first step and never regrow (the
+    decoders pass their length limit), while the returned keys/values cover exactly the steps so far."""
+    cache = KVCache(1, capacity=40)
+    attn = cache.layers[0].self_attn
+    k = torch.randn(2, 4, 1, 8)
+    attn.append(k, k)
+    buffer = attn.k
+    assert buffer.shape == (2, 4, 40, 8)
+    for step in range(2, 41):
+        keys, _ = attn.append(k * step, k * step)
+        assert keys.shape == (2, 4, step, 8) and torch.equal(keys[:, :, -1:], k * step)
+    assert attn.k is buffer  # no reallocation in 40 steps
+    attn.append(k, k)  # past the capacity: grows, keeping what it held
+    assert attn.k.shape[2] == 80 and torch.equal(attn.k[:, :, :40], buffer)
+    assert KVCache(1).layers[0].self_attn.capacity == 0  # without a hint: grows by doubling from 16, as before

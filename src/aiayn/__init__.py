@@ -24,8 +24,8 @@ def load(path: str, device: str | None = "auto", compile: bool = False) -> Pretr
     Returns a `Pretrained` with `.translate(texts, beam=4, alpha=0.6, ...)`, `.generate(prompt, ...)`,
     `.score(...)`, `.perplexity(...)`, and `.model` / `.tokenizer` / `.config`. Imported lazily, so that
     `import aiayn` (and `aiayn --help`) does not load torch. compile=True compiles the decoding step
-    (`aiayn.model.compile_decoding`): ~1.4x faster decoding one sentence at a time on a CPU, after a one-time
-    compilation at the first batch.
+    (`aiayn.model.compile_decoding`): 1.2-1.35x faster decoding one sentence at a time on a CPU, after a
+    one-time compilation at the first batch.
     """
     from aiayn.inference import load as _load
 

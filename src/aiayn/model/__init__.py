@@ -62,27 +62,39 @@ def compile_decoding(model):
     ~10-20 s of compilation on a 2-core CPU, once per process: worth it for many calls at batch 1 (a service,
     interactive use), not for one batched file. On the CPU the generated code includes its C++ wrapper (inductor's
     cpp_wrapper), which removes the per-operation Python. Tokens and scores are the eager ones
-    (tests/test_decoding.py). Compiled steps do not record attention (`record_attention`).
+    (tests/test_decoding.py). Calls without a cache (whole-sequence forward passes) and steps taken while
+    `record_attention` is active run eager, so attention is still recorded. Compiling twice is a no-op.
     """
     import torch
 
-    options = {"cpp_wrapper": True} if next(model.parameters()).device.type == "cpu" else None
+    from aiayn.model.attention import recording
+
     seq2seq = isinstance(model, Transformer)
     eager = model.decode if seq2seq else model.forward
+    if hasattr(eager, "compiled"):
+        return model
+    options = {"cpp_wrapper": True} if next(model.parameters()).device.type == "cpu" else None
     compiled = torch.compile(eager, dynamic=True, options=options)
 
-    def step(*args, **kwargs):
-        cache = kwargs.get("cache", args[-1] if len(args) == (4 if seq2seq else 2) else None)
-        if cache is None or cache.length == 0:
-            return eager(*args, **kwargs)
+    def run(new: torch.Tensor, *rest, cache=None):
+        if cache is None or cache.length == 0 or recording():
+            return eager(new, *rest, cache=cache)
         # The new tokens arrive as (B, T) views with varying strides (argmax, top-k, gathers): one layout for
         # all, instead of one compiled graph per layout.
-        args = (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
-        return compiled(*args, **kwargs)
+        return compiled(new.clone(memory_format=torch.contiguous_format), *rest, cache=cache)
 
-    step.compiled = compiled
     if seq2seq:
-        model.decode = step
+
+        def decode(tgt, memory, src_mask, cache=None):
+            return run(tgt, memory, src_mask, cache=cache)
+
+        decode.compiled = compiled
+        model.decode = decode
     else:
-        model.forward = step
+
+        def forward(ids, cache=None):
+            return run(ids, cache=cache)
+
+        forward.compiled = compiled
+        model.forward = forward
     return model

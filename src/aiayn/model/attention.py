@@ -248,6 +248,11 @@ class AttentionRecorder:
             self.details.setdefault(name, []).append(kept)
 
 
+def recording() -> bool:
+    """Whether a `record_attention` context is active (compiled decoding steps then run eager)."""
+    return _RECORDER.get() is not None
+
+
 @contextlib.contextmanager
 def record_attention(model: nn.Module, detail: bool = False) -> Iterator[AttentionRecorder]:
     """`with record_attention(model) as rec: model(src, tgt)` then read `rec.weights` (and, with detail=True,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aiayn.config import RunConfig, load_yaml, merge, parse_overrides
-from aiayn.train.loss import label_smoothed_loss
+from aiayn.train.loss import label_smoothed_loss, linear_label_smoothed_loss
 from aiayn.train.optim import cosine_lr, inverse_sqrt_lr, learning_rate, make_optimizer, noam_lr
 
 
@@ -235,3 +235,60 @@ def test_keep_freed_memory_stops_the_page_faults_of_a_repeated_large_allocation(
 
     default, kept = faults("default"), faults("keep")
     assert kept < 16 <= default  # 16,384 4-KiB pages by default (32 with transparent huge pages), 0 when kept
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 4, 7, 1000])
+def test_linear_loss_equals_the_loss_over_full_logits(smoothing, with_bias, rows):
+    # The chunked form computes its gradients in the forward, with the eps / V term folded into column sums:
+    # value and gradients must equal autograd through F.linear + PyTorch's cross-entropy, for any chunk size.
+    torch.manual_seed(2)
+    hidden = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(13, dtype=torch.float64, requires_grad=True) if with_bias else None
+    target = torch.randint(1, 13, (3, 5))
+    target[1, 2:] = 0
+    target[2, :] = 0
+    loss, nll, tokens = linear_label_smoothed_loss(hidden, weight, bias, target, smoothing, pad_id=0, rows=rows)
+    (loss * 0.37).backward()
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+    grads = [t.grad for t in leaves]
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    logits = F.linear(ref_leaves[0], ref_leaves[1], ref_leaves[2] if with_bias else None).reshape(-1, 13)
+    ref = F.cross_entropy(logits, target.reshape(-1), ignore_index=0, reduction="sum", label_smoothing=smoothing)
+    ref_nll = F.cross_entropy(logits, target.reshape(-1), ignore_index=0, reduction="sum")
+    (ref * 0.37).backward()
+    assert tokens == 5 + 2
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(nll, ref_nll, rtol=1e-12, atol=1e-12)
+    for got, leaf in zip(grads, ref_leaves, strict=True):
+        torch.testing.assert_close(got, leaf.grad, rtol=1e-10, atol=1e-12)
+    assert torch.equal(hidden.grad[2], torch.zeros(5, 8, dtype=torch.float64))  # all padding: no gradient
+
+
+def test_linear_loss_without_grad_builds_no_gradients_and_matches():
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(2, 6, 8), torch.randn(11, 8, requires_grad=True)
+    target = torch.randint(1, 11, (2, 6))
+    with torch.no_grad():
+        loss, nll, tokens = linear_label_smoothed_loss(hidden, weight, None, target, 0.1, pad_id=0, rows=5)
+    ref, ref_nll, _ = label_smoothed_loss(F.linear(hidden, weight.detach()), target, 0.1, pad_id=0)
+    assert tokens == 12 and not loss.requires_grad
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nll, ref_nll, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_loss_under_bf16_autocast_uses_bf16_products_and_fp32_softmax():
+    # As autocast would run F.linear + the loss: the product's inputs rounded to bf16, then fp32 throughout.
+    torch.manual_seed(4)
+    hidden, weight = torch.randn(4, 16), torch.randn(50, 16, requires_grad=True)
+    target = torch.randint(1, 50, (4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, _ = linear_label_smoothed_loss(hidden, weight, None, target, 0.1, pad_id=0)
+    rounded = F.linear(hidden.bfloat16().float(), weight.detach().bfloat16().float())
+    ref, _, _ = label_smoothed_loss(rounded, target, 0.1, pad_id=0)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
+    loss.backward()
+    assert weight.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()

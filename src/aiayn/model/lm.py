@@ -37,6 +37,10 @@ class LanguageModel(nn.Module):
         offset = cache.length if cache is not None else 0
         return self.output(self.decoder(self.embed(ids, offset), cache=cache))
 
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> the last states (B, T, D), before the pre-softmax Linear (see Transformer.hidden)."""
+        return self.decoder(self.embed(ids))
+
     def new_cache(self, capacity: int = 0) -> KVCache:
         """An empty KV cache; capacity: the most target steps it will hold, when known (allocated at once)."""
         return KVCache(self.config.n_decoder_layers, capacity)

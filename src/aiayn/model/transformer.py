@@ -182,10 +182,18 @@ class Transformer(nn.Module):
         x = self.decoder(self.tgt_embed(tgt, offset), memory, src_mask, cache)
         return self.output(x)
 
+    def hidden(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """src (B, S), tgt (B, T) -> the decoder's last states (B, T, D), before the pre-softmax Linear.
+
+        Training feeds these and `self.output`'s weight to `aiayn.train.loss.linear_label_smoothed_loss`, which
+        never builds the whole (B, T, V) logits.
+        """
+        src_mask = padding_mask(src, self.config.pad_id)
+        return self.decoder(self.tgt_embed(tgt), self.encode(src, src_mask), src_mask)
+
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """src (B, S), tgt (B, T) -> logits (B, T, V)."""
-        src_mask = padding_mask(src, self.config.pad_id)
-        return self.decode(tgt, self.encode(src, src_mask), src_mask)
+        return self.output(self.hidden(src, tgt))
 
     def new_cache(self, capacity: int = 0) -> KVCache:
         """An empty KV cache; capacity: the most target steps it will hold, when known (allocated at once)."""

@@ -1,9 +1,13 @@
 """The training loss: cross-entropy with label smoothing (paper §5.4, eps_ls = 0.1) that ignores padding.
 
-Shapes: N tokens, V vocab.
+Two forms with the same value and gradients: `label_smoothed_loss` over given logits, and
+`linear_label_smoothed_loss`, which takes the decoder's last hidden states and the pre-softmax Linear's weight and
+never builds the whole (N, V) logits (what the trainer uses). Shapes: N tokens, D d_model, V vocab.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -66,4 +70,115 @@ def label_smoothed_loss(
     # Padding rows are zeroed by `keep` instead of being indexed out: boolean indexing of the (N, V) logits, and
     # its index_put backward, took 15% of a CPU training step.
     loss, nll = _SmoothedCrossEntropy.apply(logits, target, keep_mask.to(logits.dtype), float(smoothing))
+    return loss, nll, tokens
+
+
+def chunk_rows(vocab: int, device: torch.device) -> int:
+    """Rows of logits per chunk in `linear_label_smoothed_loss`: ~2M values (8 MB in fp32) on a CPU, where a chunk
+    that stays in cache made the loss and its two matrix products 1.8x faster than over the whole batch
+    (benchmarks/RESULTS.md); on a GPU large chunks keep its kernels busy (128M values, 512 MB in fp32)."""
+    return max(1, (2**27 if device.type == "cuda" else 2**21) // vocab)
+
+
+class _LinearSmoothedCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross-entropy of softmax(hidden @ weight.T + bias), chunk by chunk of rows.
+
+    The loss is the last operation of the graph and its gradient has a closed form, so the gradients with respect
+    to hidden, weight and bias are computed in the forward, one chunk at a time, while that chunk's logits are
+    still in cache; backward only scales them by the upstream gradient. For a kept row with probabilities p,
+    the gradient with respect to its logits is p - (1 - eps) onehot(y) - eps / V; the constant eps / V term is
+    applied to the products (through the column sums of weight and hidden) instead of to every logit.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, keep, smoothing, rows, low):
+        # hidden (N, D), weight (V, D), bias (V,) or None, target (N,), keep (N,) 1/0 in the softmax's dtype,
+        # smoothing float, rows per chunk, low: the dtype of the matrix products (fp32, or bf16 / fp16 under
+        # autocast). The softmax, the sums and the gradients are kept in keep's dtype (fp32, or fp64 for fp64).
+        eps, (n_rows, _), vocab, acc = smoothing, hidden.shape, weight.shape[0], keep.dtype
+        grads = any(ctx.needs_input_grad[:3])
+        w = weight.to(low)  # (V, D)
+        new = functools.partial(torch.zeros, dtype=acc, device=hidden.device)
+        loss, nll = new(()), new(())
+        if grads:
+            grad_hidden = torch.empty(hidden.shape, dtype=acc, device=hidden.device)  # (N, D)
+            grad_weight = new(weight.shape)  # (V, D)
+            grad_bias = new(vocab) if bias is not None else None
+            hk_sum = new(weight.shape[1])  # (D,)
+        for start in range(0, n_rows, rows):
+            h = hidden[start : start + rows]  # (n, D)
+            t, k = target[start : start + rows], keep[start : start + rows]  # (n,)
+            z = (h.to(low) @ w.t()).to(acc)  # (n, V) logits
+            if bias is not None:
+                z += bias.to(acc)
+            log_probs = torch.log_softmax(z, dim=-1)  # (n, V)
+            nll_rows = -log_probs.gather(1, t[:, None]).squeeze(1)  # (n,)
+            nll += (nll_rows * k).sum()
+            if eps:
+                loss += (((1.0 - eps) * nll_rows - eps * log_probs.mean(dim=-1)) * k).sum()
+            else:
+                loss += (nll_rows * k).sum()
+            if not grads:
+                continue
+            p = log_probs.exp_()  # (n, V) softmax, in place
+            p.scatter_add_(1, t[:, None], torch.full_like(k[:, None], eps - 1.0))  # - (1 - eps) onehot(y)
+            hk = h.to(acc) * k[:, None]  # (n, D): padding rows contribute nothing to the weight's gradient
+            p_low = p.to(low)
+            grad_hidden[start : start + rows] = p_low @ w
+            grad_weight += p_low.t() @ hk.to(low)
+            hk_sum += hk.sum(0)
+            if grad_bias is not None:
+                grad_bias += k @ p
+        if grads:
+            w_sum = weight.to(acc).sum(0)  # (D,)
+            grad_hidden = grad_hidden.sub_((eps / vocab) * w_sum).mul_(keep[:, None])  # (N, D)
+            grad_weight -= (eps / vocab) * hk_sum  # every row of the weight gets - eps / V * sum of kept h
+            if grad_bias is not None:
+                grad_bias -= (eps / vocab) * keep.sum()
+            ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+            ctx.dtypes = (hidden.dtype, weight.dtype)
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, grad_nll):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
+        grad_hidden = (grad_hidden * grad_loss).to(hidden_dtype)
+        grad_weight = (grad_weight * grad_loss).to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = (grad_bias * grad_loss).to(weight_dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+
+
+def linear_label_smoothed_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    smoothing: float,
+    pad_id: int,
+    rows: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`label_smoothed_loss(F.linear(hidden, weight, bias), ...)` without the whole (N, V) logits.
+
+    hidden (..., D) are the states before the pre-softmax Linear, weight (V, D) and bias (V,) its parameters,
+    target (...) the ids to predict. The logits are built `rows` at a time (default: `chunk_rows`), and the
+    gradients are computed as they go, so memory for the logits falls from N * V values to rows * V. Under
+    autocast the matrix products run in its dtype and the softmax in fp32, as they would for the two-step form.
+    """
+    d_model = hidden.shape[-1]
+    hidden = hidden.reshape(-1, d_model)  # (N, D)
+    target = target.reshape(-1)  # (N,)
+    device = hidden.device
+    acc = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)  # fp32 or fp64
+    low = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else acc
+    keep_mask = target != pad_id  # (N,)
+    tokens = int(keep_mask.sum())
+    rows = rows or chunk_rows(weight.shape[0], device)
+    with torch.autocast(device.type, enabled=False):
+        loss, nll = _LinearSmoothedCrossEntropy.apply(
+            hidden, weight, bias, target, keep_mask.to(acc), float(smoothing), rows, low
+        )
     return loss, nll, tokens

@@ -39,7 +39,7 @@ from aiayn.evaluate import translation_scores
 from aiayn.model import build_model
 from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed, memory
-from aiayn.train.loss import label_smoothed_loss
+from aiayn.train.loss import linear_label_smoothed_loss
 from aiayn.train.optim import learning_rate, make_optimizer
 
 EXIT_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, as shells report it
@@ -81,6 +81,25 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [
         f"model.{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
     ]
+
+
+class LossModel(torch.nn.Module):
+    """The model and its training loss as one module, the unit that DDP wraps: forward(*inputs, target) gives the
+    summed (label-smoothed loss, nll) from the model's last hidden states (`hidden`, compiled or not) and its
+    pre-softmax Linear, through `linear_label_smoothed_loss`, so no step holds the whole (tokens, V) logits."""
+
+    def __init__(self, model: torch.nn.Module, hidden: Callable[..., torch.Tensor], smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.hidden = hidden
+        self.smoothing = smoothing
+
+    def forward(self, *inputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.output
+        loss, nll, _ = linear_label_smoothed_loss(
+            self.hidden(*inputs), out.weight, out.bias, target, self.smoothing, PAD_ID
+        )
+        return loss, nll
 
 
 class Trainer:
@@ -179,14 +198,14 @@ class Trainer:
             self._epoch_cache = (epoch, batches)
         return self._epoch_cache[1]
 
-    def _batch(self, k: int) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Global batch k: (model input, target). A language model reads ids; seq2seq reads (src, tgt[:-1])."""
+    def _batch(self, k: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Global batch k: (model inputs, target). A language model reads (ids,); seq2seq (src, tgt[:-1])."""
         train = self.config.train
         if self.data.lm:
             x, y = lm_blocks(self.train_stream, train.block_size, train.batch_size, train.seed, k)
             x = torch.from_numpy(x.astype(np.int64)).to(self.dist.device)  # (B, block)
             y = torch.from_numpy(y.astype(np.int64)).to(self.dist.device)  # (B, block)
-            return x, y
+            return (x,), y
         n = self.n_batches
         indices = self._seq2seq_batches(self.data.train, k // n)[k % n]
         src, tgt = collate(self.data.train, indices, self.dist.device)  # (B, S), (B, T + 2)
@@ -270,12 +289,13 @@ class Trainer:
                 self.data.tokenizer.save(self.run_dir / "tokenizer.json")
         self.tokenizer_json = (self.run_dir / "tokenizer.json").read_bytes() if self.dist.is_main else b""
 
-        forward_model: torch.nn.Module = self.model
+        hidden = self.model.hidden
         if cfg.train.compile:
             # Seq2seq batches change both lengths at every step: compiled for static shapes, each new (S, T) pair
             # would recompile (on an H100 the first 300 Multi30k steps ran at 3-58k tokens/s against 135k eager).
             # Language-model batches are all (batch_size, block_size): static shapes, the fastest kernels.
-            forward_model = torch.compile(forward_model, dynamic=cfg.model.arch == "seq2seq")
+            hidden = torch.compile(hidden, dynamic=cfg.model.arch == "seq2seq")
+        forward_model: torch.nn.Module = LossModel(self.model, hidden, cfg.optim.label_smoothing)
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -353,8 +373,7 @@ class Trainer:
                 sync = m == train.grad_accum - 1 or not d.active
                 with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self._autocast():
                     torch.manual_seed(micro_seed(train.seed, k))
-                    logits = self.forward_model(*inputs) if isinstance(inputs, tuple) else self.forward_model(inputs)
-                    loss, nll, _ = label_smoothed_loss(logits, target, cfg.optim.label_smoothing, PAD_ID)
+                    loss, nll = self.forward_model(*inputs, target=target)
                     # DDP averages gradients over processes; scaling by W makes the result sum / all tokens.
                     scaled = loss * (d.world_size / max(total_tokens, 1))
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -440,6 +459,12 @@ class Trainer:
     def _has_valid(self) -> bool:
         return (self.valid_stream is not None) if self.data.lm else self.data.valid is not None
 
+    def _loss(self, hidden: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        out = self.model.output
+        return linear_label_smoothed_loss(
+            hidden, out.weight, out.bias, target, self.config.optim.label_smoothing, PAD_ID
+        )
+
     @torch.no_grad()
     def validation_loss(self) -> tuple[float, float, int]:
         """(label-smoothed loss, nll, tokens) per token over the whole validation set, without dropout."""
@@ -456,16 +481,14 @@ class Trainer:
                 windows = stream[rows[:, None] + np.arange(block + 1)[None, :]].astype(np.int64)  # (B, block + 1)
                 batch = torch.from_numpy(windows).to(self.dist.device)
                 with self._autocast():
-                    logits = self.model(batch[:, :-1])
-                loss, nll, n = label_smoothed_loss(logits, batch[:, 1:], cfg.optim.label_smoothing, PAD_ID)
+                    loss, nll, n = self._loss(self.model.hidden(batch[:, :-1]), batch[:, 1:])
                 loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
         else:
             valid = self.data.valid
             for indices in token_batches(valid.src_lengths, valid.tgt_lengths, cfg.train.max_tokens, 0, 0):
                 src, tgt = collate(valid, indices, self.dist.device)
                 with self._autocast():
-                    logits = self.model(src, tgt[:, :-1])
-                loss, nll, n = label_smoothed_loss(logits, tgt[:, 1:], cfg.optim.label_smoothing, PAD_ID)
+                    loss, nll, n = self._loss(self.model.hidden(src, tgt[:, :-1]), tgt[:, 1:])
                 loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
         return loss_sum / max(tokens, 1), nll_sum / max(tokens, 1), tokens
 

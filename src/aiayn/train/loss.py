@@ -74,9 +74,9 @@ def label_smoothed_loss(
 
 
 def chunk_rows(vocab: int, device: torch.device) -> int:
-    """Rows of logits per chunk in `linear_label_smoothed_loss`: ~2M values (8 MB in fp32) on a CPU, where a chunk
-    that stays in cache made the loss and its two matrix products 1.8x faster than over the whole batch
-    (benchmarks/RESULTS.md); on a GPU large chunks keep its kernels busy (128M values, 512 MB in fp32)."""
+    """Rows of logits per chunk in `linear_label_smoothed_loss`: ~2M values (8 MB in fp32) on a CPU, the fastest
+    of the sizes tried (benchmarks/bench_loss.py: 1.15x the whole-batch form for Multi30k-tiny); on a GPU large
+    chunks keep its kernels busy (128M values, 512 MB in fp32)."""
     return max(1, (2**27 if device.type == "cuda" else 2**21) // vocab)
 
 

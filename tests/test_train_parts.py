@@ -292,3 +292,23 @@ def test_linear_loss_under_bf16_autocast_uses_bf16_products_and_fp32_softmax():
     torch.testing.assert_close(loss, ref, rtol=1e-3, atol=1e-3)
     loss.backward()
     assert weight.grad.dtype == torch.float32 and torch.isfinite(weight.grad).all()
+
+
+def test_linear_loss_rejects_negative_chunk_rows():
+    with pytest.raises(ValueError, match="rows must be >= 0"):
+        linear_label_smoothed_loss(torch.randn(2, 4), torch.randn(5, 4), None, torch.tensor([1, 2]), 0.1, 0, rows=-1)
+
+
+@pytest.mark.parametrize("arch", ["seq2seq", "lm"])
+def test_hidden_states_give_the_forward_logits(arch):
+    # Training computes its loss from model.hidden(...) and the output layer: that must be the model's forward.
+    from aiayn import ModelConfig
+    from aiayn.model import build_model
+
+    torch.manual_seed(5)
+    model = build_model(
+        ModelConfig(arch=arch, vocab_size=23, d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=2, d_ff=32)
+    ).eval()
+    ids = torch.randint(4, 23, (3, 7))
+    inputs = (ids, ids[:, :5]) if arch == "seq2seq" else (ids,)
+    torch.testing.assert_close(model.output(model.hidden(*inputs)), model(*inputs), rtol=0, atol=0)

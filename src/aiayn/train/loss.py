@@ -13,6 +13,16 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+def _summed_losses(log_probs, target, keep, smoothing):
+    """(smoothed loss, nll) summed over the rows where keep is 1: log_probs (N, V), target (N,), keep (N,)."""
+    nll_rows = -log_probs.gather(1, target[:, None]).squeeze(1)  # (N,)
+    nll = (nll_rows * keep).sum()
+    if smoothing == 0.0:
+        return nll.clone(), nll
+    uniform_rows = -log_probs.mean(dim=-1)  # (N,): cross-entropy against the uniform distribution
+    return ((1.0 - smoothing) * nll_rows + smoothing * uniform_rows).mul(keep).sum(), nll
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """Summed label-smoothed cross-entropy of the rows where keep is 1, with its gradient written by hand.
 
@@ -25,13 +35,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, keep, smoothing):  # (N, V) fp32, (N,), (N,) fp32, float
         log_probs = torch.log_softmax(logits, dim=-1)  # (N, V)
-        nll_rows = -log_probs.gather(1, target[:, None]).squeeze(1)  # (N,)
-        nll = (nll_rows * keep).sum()
-        if smoothing == 0.0:
-            loss = nll.clone()
-        else:
-            uniform_rows = -log_probs.mean(dim=-1)  # (N,): cross-entropy against the uniform distribution
-            loss = ((1.0 - smoothing) * nll_rows + smoothing * uniform_rows).mul(keep).sum()
+        loss, nll = _summed_losses(log_probs, target, keep, smoothing)
         ctx.save_for_backward(log_probs, target, keep)
         ctx.smoothing = smoothing
         ctx.mark_non_differentiable(nll)
@@ -112,12 +116,9 @@ class _LinearSmoothedCrossEntropy(torch.autograd.Function):
             if bias is not None:
                 z += bias.to(acc)
             log_probs = torch.log_softmax(z, dim=-1)  # (n, V)
-            nll_rows = -log_probs.gather(1, t[:, None]).squeeze(1)  # (n,)
-            nll += (nll_rows * k).sum()
-            if eps:
-                loss += (((1.0 - eps) * nll_rows - eps * log_probs.mean(dim=-1)) * k).sum()
-            else:
-                loss += (nll_rows * k).sum()
+            chunk_loss, chunk_nll = _summed_losses(log_probs, t, k, eps)
+            loss += chunk_loss
+            nll += chunk_nll
             if not grads:
                 continue
             p = log_probs.exp_()  # (n, V) softmax, in place
@@ -168,6 +169,8 @@ def linear_label_smoothed_loss(
     gradients are computed as they go, so memory for the logits falls from N * V values to rows * V. Under
     autocast the matrix products run in its dtype and the softmax in fp32, as they would for the two-step form.
     """
+    if rows < 0:
+        raise ValueError(f"linear_label_smoothed_loss: rows must be >= 0 (0: chunk_rows), got {rows}")
     d_model = hidden.shape[-1]
     hidden = hidden.reshape(-1, d_model)  # (N, D)
     target = target.reshape(-1)  # (N,)

@@ -19,7 +19,6 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from aiayn.config import ModelConfig
 from aiayn.model.masks import causal_mask, combine
@@ -88,10 +87,9 @@ def fast_attention(
         return _matmul_attention(q, k, v, mask, dropout_p, is_causal)
     if q.device.type == "cpu" and half and k.shape[-2] <= FP32_ATTENTION_MAX_KEYS:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-        if torch.is_grad_enabled() and q.requires_grad:
-            # Keep only the half-precision q, k, v for the backward and recompute the fp32 attention there:
-            # saving the fp32 copies would cost more memory than the half-precision kernel does.
-            return checkpoint(_fp32_attention, q, k, v, mask, dropout_p, is_causal, dtype, use_reentrant=False)
+        # Autograd keeps the fp32 copies of q, k, v for the backward. Recomputing them there instead (activation
+        # checkpointing) saved ~4 % of peak memory on Multi30k but cost more time than it saved: a Shakespeare
+        # step took 22 ms with it and 18 ms without (20.7 and 17.2 compiled), see benchmarks/RESULTS.md.
         return _fp32_attention(q, k, v, mask, dropout_p, is_causal, dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 

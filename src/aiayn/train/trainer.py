@@ -294,7 +294,10 @@ class Trainer:
             # Seq2seq batches change both lengths at every step: compiled for static shapes, each new (S, T) pair
             # would recompile (on an H100 the first 300 Multi30k steps ran at 3-58k tokens/s against 135k eager).
             # Language-model batches are all (batch_size, block_size): static shapes, the fastest kernels.
-            hidden = torch.compile(hidden, dynamic=cfg.model.arch == "seq2seq")
+            # On the CPU, inductor's C++ wrapper calls the generated kernels without the per-operation Python of
+            # its default wrapper: a Shakespeare step took 17.2 ms with the Python wrapper, 15.6 with this one.
+            options = {"cpp_wrapper": True} if self.dist.device.type == "cpu" else None
+            hidden = torch.compile(hidden, dynamic=cfg.model.arch == "seq2seq", options=options)
         forward_model: torch.nn.Module = LossModel(self.model, hidden, cfg.optim.label_smoothing)
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel

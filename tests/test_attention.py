@@ -259,3 +259,33 @@ def test_bf16_matmul_precision_routes_cpu_attention_through_matmuls():
         assert torch.equal(out, _matmul_attention(q, k, v, mask, 0.0, False))
     expected, _ = scaled_dot_product_attention(q, k, v, mask)
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)  # bf16 inputs, fp32 accumulation
+
+
+@pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="needs a CPU with AVX512-BF16 or AMX",
+)
+def test_compiled_attention_sees_the_bf16_matmul_setting_without_a_graph_break():
+    # Compiled code cannot read PyTorch's setting: it reads what matmul_precision last told aiayn.model.attention.
+    # fullgraph=True fails on any graph break; the matmul path gives other values than the fused kernel.
+    from aiayn.model.attention import _matmul_attention
+    from aiayn.train.distributed import matmul_precision
+
+    q, k, v = _qkv()
+    mask = _masks()["padding"]
+    with matmul_precision("bf16", torch.device("cpu")):
+        expected = _matmul_attention(q, k, v, mask, 0.0, False)
+        compiled = torch.compile(fast_attention, fullgraph=True, dynamic=False)
+        torch.testing.assert_close(compiled(q, k, v, mask), expected, atol=1e-6, rtol=1e-6)
+    eager_fp32 = fast_attention(q, k, v, mask)
+    torch.testing.assert_close(torch.compile(fast_attention, fullgraph=True, dynamic=False)(q, k, v, mask), eager_fp32)
+
+
+def test_importing_aiayn_does_not_import_the_compiler():
+    # torch._dynamo takes ~1 s to import: a command that does not compile must not pay for it.
+    import subprocess
+    import sys
+
+    code = "import sys, aiayn, aiayn.cli, aiayn.model, aiayn.train.trainer; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

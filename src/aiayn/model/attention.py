@@ -79,7 +79,7 @@ def fast_attention(
     see benchmarks/RESULTS.md). Elsewhere (GPUs) the half-precision kernels are the fast ones and run as they are.
     """
     half = q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")
-    if q.device.type == "cpu" and q.dtype == torch.float32 and _bf16_matmuls():
+    if q.device.type == "cpu" and q.dtype == torch.float32 and bf16_matmuls():
         return _matmul_attention(q, k, v, mask, dropout_p, is_causal)
     if q.device.type == "cpu" and q.shape[-2] == 1 and torch.compiler.is_compiling():
         # A compiled decoding step (aiayn.model.compile_decoding): one query per row, whose two small matrix
@@ -94,12 +94,23 @@ def fast_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
-@torch.compiler.assume_constant_result
-def _bf16_matmuls() -> bool:
+# What bf16_matmuls() read last. torch.compile cannot trace the read of PyTorch's setting (a graph break in every
+# layer), so compiled code reads this module global instead, a constant it guards on.
+_BF16_MATMULS = False
+
+
+def bf16_matmuls() -> bool:
     """Whether fp32 matrix multiplications on the CPU run with bf16 inputs (train.matmul_precision='bf16').
-    torch.compile cannot trace the read of this setting (a graph break in every layer): it takes the value it has
-    when the model is compiled as a constant."""
-    return torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+
+    Eager calls read PyTorch's setting and remember it; compiled code gets the value remembered last
+    (aiayn.train.distributed.matmul_precision refreshes it when it changes the setting). Marking the read as a
+    constant with torch.compiler.assume_constant_result instead would import torch._dynamo with this module,
+    ~1 s at the start of every command.
+    """
+    global _BF16_MATMULS
+    if not torch.compiler.is_compiling():
+        _BF16_MATMULS = torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    return _BF16_MATMULS
 
 
 def _matmul_attention(

@@ -96,9 +96,13 @@ def matmul_precision(kind: str, device: torch.device) -> Iterator[None]:
         if device.type != "cuda":
             raise ValueError("train.matmul_precision='tf32' is for CUDA devices; on CPUs use 'bf16'")
         backend = torch.backends.cuda.matmul
+    from aiayn.model.attention import bf16_matmuls
+
     previous = backend.fp32_precision
     backend.fp32_precision = kind
+    bf16_matmuls()  # what code compiled inside the block will see
     try:
         yield
     finally:
         backend.fp32_precision = previous
+        bf16_matmuls()

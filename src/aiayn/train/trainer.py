@@ -479,8 +479,11 @@ class Trainer:
             block = cfg.train.block_size
             stream = self.valid_stream
             n_blocks = (len(stream) - 1) // block
-            for start in range(0, n_blocks, cfg.train.batch_size):  # every token of the text, in order
-                rows = np.arange(start, min(start + cfg.train.batch_size, n_blocks)) * block
+            # Batches of train.max_tokens (at least batch_size rows): fewer, larger forward passes than training's
+            # batches, for the same sums (shakespeare-char.yaml, under cProfile: 1.16 s with 12 rows, 0.8 s with 64).
+            rows_per_batch = max(cfg.train.batch_size, cfg.train.max_tokens // block)
+            for start in range(0, n_blocks, rows_per_batch):  # every token of the text, in order
+                rows = np.arange(start, min(start + rows_per_batch, n_blocks)) * block
                 windows = stream[rows[:, None] + np.arange(block + 1)[None, :]].astype(np.int64)  # (B, block + 1)
                 batch = torch.from_numpy(windows).to(self.dist.device)
                 with self._autocast():

@@ -289,3 +289,30 @@ def test_importing_aiayn_does_not_import_the_compiler():
     code = "import sys, aiayn, aiayn.cli, aiayn.model, aiayn.train.trainer; print('torch._dynamo' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_large_cpu_bf16_attention_recomputes_its_fp32_copies_in_the_backward(monkeypatch):
+    # Small batches keep the fp32 copies of q, k, v for the backward (faster); from RECOMPUTE_MIN_NUMEL query
+    # elements on only the bf16 inputs are kept and the fp32 attention runs again in the backward. Same gradients.
+    import aiayn.model.attention as attention
+
+    torch.manual_seed(0)
+    shape = (1024, 4, 16, 16)  # 2**20 query elements
+    base = [torch.randn(shape, dtype=torch.bfloat16) for _ in range(3)]
+
+    def run(min_numel):
+        monkeypatch.setattr(attention, "RECOMPUTE_MIN_NUMEL", min_numel)
+        q, k, v = (t.clone().requires_grad_() for t in base)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+            out = fast_attention(q, k, v, None, is_causal=True)
+        out.float().square().sum().backward()
+        return saved, out, (q.grad, k.grad, v.grad)
+
+    saved_small, out_small, grads_small = run(2**20 + 1)
+    saved_large, out_large, grads_large = run(2**20)
+    assert torch.float32 in saved_small
+    assert torch.float32 not in saved_large
+    assert torch.equal(out_small, out_large)
+    for a, b in zip(grads_small, grads_large, strict=True):
+        assert torch.equal(a, b)

@@ -19,6 +19,7 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from aiayn.config import ModelConfig
 from aiayn.model.masks import causal_mask, combine
@@ -61,6 +62,10 @@ def attention_steps(
 
 # Longest key sequence for which CPU half-precision attention runs in fp32 (see fast_attention).
 FP32_ATTENTION_MAX_KEYS = 128
+# From this many query elements on (4 MB per fp32 copy), that fp32 attention is recomputed in the backward instead
+# of keeping fp32 copies of q, k, v. Below it the copies are small and recomputing costs more time than it saves: a
+# Shakespeare step (q: 98,304 elements) took 22 ms with recomputation and 18 ms without (benchmarks/RESULTS.md).
+RECOMPUTE_MIN_NUMEL = 2**20
 
 
 def fast_attention(
@@ -87,9 +92,11 @@ def fast_attention(
         return _matmul_attention(q, k, v, mask, dropout_p, is_causal)
     if q.device.type == "cpu" and half and k.shape[-2] <= FP32_ATTENTION_MAX_KEYS:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
-        # Autograd keeps the fp32 copies of q, k, v for the backward. Recomputing them there instead (activation
-        # checkpointing) saved ~4 % of peak memory on Multi30k but cost more time than it saved: a Shakespeare
-        # step took 22 ms with it and 18 ms without (20.7 and 17.2 compiled), see benchmarks/RESULTS.md.
+        large = q.numel() >= RECOMPUTE_MIN_NUMEL and torch.is_grad_enabled() and q.requires_grad
+        if large and not torch.compiler.is_compiling():  # compiled graphs plan their own memory
+            # Keep only the half-precision q, k, v for the backward and recompute the fp32 attention there:
+            # saving the fp32 copies of large batches would cost more memory than the half-precision kernel.
+            return checkpoint(_fp32_attention, q, k, v, mask, dropout_p, is_causal, dtype, use_reentrant=False)
         return _fp32_attention(q, k, v, mask, dropout_p, is_causal, dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 

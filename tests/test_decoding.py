@@ -11,7 +11,16 @@ import torch
 
 from aiayn import ModelConfig
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID
-from aiayn.decoding import Hypothesis, beam_search, check_options, greedy, greedy_search, length_penalty, sample
+from aiayn.decoding import (
+    NEG,
+    Hypothesis,
+    beam_search,
+    check_options,
+    greedy,
+    greedy_search,
+    length_penalty,
+    sample,
+)
 from aiayn.model import KVCache, LanguageModel, Transformer, compile_decoding, record_attention
 
 V = 12
@@ -279,3 +288,27 @@ def test_kv_cache_with_a_capacity_allocates_once():
     attn.append(k, k)  # past the capacity: grows, keeping what it held
     assert attn.k.shape[2] == 80 and torch.equal(attn.k[:, :, :40], buffer)
     assert KVCache(1).layers[0].self_attn.capacity == 0  # without a hint: grows by doubling from 16, as before
+
+
+@pytest.mark.parametrize(
+    ("rows", "n", "k"), [(1, 32000, 8), (64, 32000, 8), (3, 4096, 8), (5, 4097, 8), (2, 70000, 62)]
+)
+def test_top_k_by_blocks_equals_topk(rows, n, k):
+    # Beam search ranks K * V extensions with aiayn.decoding.top_k, which looks only inside the k blocks with the
+    # largest maxima for long rows. Distinct values: the same values and indices as torch.topk.
+    from aiayn.decoding import top_k
+
+    torch.manual_seed(n + k)
+    x = torch.randn(rows, n)
+    x[0, -k:] = 100 + torch.arange(k, dtype=torch.float32)  # all k best in the last (partial) block of row 0
+    if rows > 1:
+        x[1, ::4096] = 50 + torch.arange(len(range(0, n, 4096)), dtype=torch.float32)  # one in each of many blocks
+    values, indices = top_k(x, k)
+    expected = x.topk(k, dim=1)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(indices, expected.indices)
+    # Ties (the NEG scores of dropped beams): the same values, and indices that hold them.
+    x[:, : n // 2] = NEG
+    values, indices = top_k(x, k)
+    assert torch.equal(values, x.topk(k, dim=1).values)
+    assert torch.equal(x.gather(1, indices), values)

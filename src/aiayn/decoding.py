@@ -34,6 +34,32 @@ class Hypothesis:
     finished: bool
 
 
+# top_k's block size: the k best of a row lie in the k blocks with the largest maxima.
+TOP_K_BLOCK = 128
+
+
+def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest values of each row of x (R, N) and their column indices, largest first: x.topk(k, dim=1).
+
+    For long rows and small k (beam search ranks K * V extensions for 2K of them) it first takes the maximum of
+    each block of TOP_K_BLOCK columns and then ranks only the columns of the k blocks with the largest maxima: an
+    element among the k largest has at most k - 1 larger elements, so at most k - 1 other blocks have a larger
+    maximum than its own. On a 2-core CPU this is ~1.7x faster for one row of 32,000 and ~2.5x for 64 rows
+    (benchmarks/RESULTS.md). Values equal x.topk's; among equal values the chosen indices may differ.
+    """
+    R, N = x.shape
+    if N < 32 * TOP_K_BLOCK or k > N // (4 * TOP_K_BLOCK):
+        return x.topk(k, dim=1)
+    blocks = -(-N // TOP_K_BLOCK)
+    if blocks * TOP_K_BLOCK != N:
+        x = torch.nn.functional.pad(x, (0, blocks * TOP_K_BLOCK - N), value=-math.inf)
+    x = x.view(R, blocks, TOP_K_BLOCK)  # (R, blocks, block)
+    best_blocks = x.amax(dim=2).topk(k, dim=1).indices  # (R, k)
+    candidates = x.gather(1, best_blocks[:, :, None].expand(-1, -1, TOP_K_BLOCK))  # (R, k, block)
+    values, at = candidates.view(R, k * TOP_K_BLOCK).topk(k, dim=1)  # (R, k)
+    return values, best_blocks.gather(1, at // TOP_K_BLOCK) * TOP_K_BLOCK + at % TOP_K_BLOCK
+
+
 def length_penalty(length: int | torch.Tensor, alpha: float) -> float | torch.Tensor:
     """((5 + length) / 6) ** alpha (Wu et al. 2016; the paper uses alpha 0.6). length counts the EOS."""
     return ((5 + length) / 6) ** alpha
@@ -194,7 +220,7 @@ def beam_search(
         logp = logits.float().log_softmax(dim=-1).view(n, K, V)  # (n, K, V)
         if step <= min_len:
             logp[:, :, eos_id] = NEG
-        top, flat = (scores[:, :, None] + logp).view(n, K * V).topk(min(2 * K, K * V), dim=1)  # (n, 2K)
+        top, flat = top_k((scores[:, :, None] + logp).view(n, K * V), min(2 * K, K * V))  # (n, 2K)
         beam, token = flat // V, flat % V  # (n, 2K) which prefix each extension continues, and with what
         is_eos = token == eos_id
         at_limit = limits[active] <= step  # (n,)

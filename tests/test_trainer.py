@@ -322,3 +322,25 @@ def test_matmul_precision_reaches_training_and_a_wrong_device_is_one_line(tmp_pa
     a, b = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
     assert len(a) == len(b) == 3 and a != b  # bf16 inputs change the numbers a little...
     assert a == pytest.approx(b, rel=2e-2)  # ...and only a little
+
+
+def test_compiled_training_on_the_cpu_gives_the_eager_losses(tmp_path):
+    # train.compile on the CPU: torch.compile with inductor's C++ wrapper, dynamic shapes for seq2seq batches, the
+    # chunked loss outside the compiled part. No dropout: compiled code draws other random masks than eager.
+    text = tmp_path / "text.txt"
+    text.write_text(LM_TEXT, encoding="utf-8")
+    runs = {
+        "seq2seq": [*TINY, "--model.dropout", "0", "--train.max_steps", "4", "--train.eval_every", "100"],
+        "lm": [*lm_args(text), "--model.dropout", "0", "--train.max_steps", "4", "--train.eval_every", "100"],
+    }
+    for name, args in runs.items():
+        got = {}
+        for mode in ("eager", "compiled"):
+            out = tmp_path / f"{name}-{mode}"
+            extra = ["--train.compile", "true"] if mode == "compiled" else []
+            result = aiayn("train", *args, *extra, "--train.out_dir", out, timeout=600)
+            assert result.returncode == 0, result.stderr
+            entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            got[mode] = [e["loss"] for e in entries if "split" not in e]
+        assert len(got["eager"]) == 4
+        assert got["compiled"] == pytest.approx(got["eager"], rel=1e-4), name

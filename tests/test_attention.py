@@ -12,6 +12,9 @@ from aiayn.model.attention import FP32_ATTENTION_MAX_KEYS, AttentionCache, fast_
 from aiayn.model.layers import softmax
 from aiayn.model.masks import causal_mask, padding_mask
 from aiayn.model.transformer import make_rotary
+from aiayn.train.distributed import cpu_has_bf16
+
+needs_bf16_cpu = pytest.mark.skipif(not cpu_has_bf16(), reason="needs a CPU with AVX512-BF16 or AMX")
 
 # "Your journey starts with one step": six tokens, 3-dimensional embeddings (the seeds' example).
 JOURNEY = torch.tensor(
@@ -244,10 +247,7 @@ def test_matmul_attention_matches_the_fused_kernel_in_float64(causal):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-10)
 
 
-@pytest.mark.skipif(
-    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-    reason="needs a CPU with AVX512-BF16 or AMX",
-)
+@needs_bf16_cpu
 def test_bf16_matmul_precision_routes_cpu_attention_through_matmuls():
     from aiayn.model.attention import _matmul_attention
     from aiayn.train.distributed import matmul_precision
@@ -261,10 +261,7 @@ def test_bf16_matmul_precision_routes_cpu_attention_through_matmuls():
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)  # bf16 inputs, fp32 accumulation
 
 
-@pytest.mark.skipif(
-    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-    reason="needs a CPU with AVX512-BF16 or AMX",
-)
+@needs_bf16_cpu
 def test_compiled_attention_sees_the_bf16_matmul_setting_without_a_graph_break():
     # Compiled code cannot read PyTorch's setting: it reads what matmul_precision last told aiayn.model.attention.
     # fullgraph=True fails on any graph break; the matmul path gives other values than the fused kernel.

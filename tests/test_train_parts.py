@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aiayn.config import RunConfig, load_yaml, merge, parse_overrides
+from aiayn.train.distributed import cpu_has_bf16
 from aiayn.train.loss import label_smoothed_loss, linear_label_smoothed_loss
 from aiayn.train.optim import cosine_lr, inverse_sqrt_lr, learning_rate, make_optimizer, noam_lr
 
@@ -178,7 +179,7 @@ def test_matmul_precision_bf16_uses_bf16_inputs_and_restores_the_setting():
     torch.manual_seed(0)
     a, b = torch.randn(64, 128), torch.randn(128, 96)
     exact = a @ b
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if cpu_has_bf16():
         with matmul_precision("bf16", torch.device("cpu")):
             assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
             fast = a @ b
@@ -312,3 +313,41 @@ def test_hidden_states_give_the_forward_logits(arch):
     ids = torch.randint(4, 23, (3, 7))
     inputs = (ids, ids[:, :5]) if arch == "seq2seq" else (ids,)
     torch.testing.assert_close(model.output(model.hidden(*inputs)), model(*inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_tokens", [16, 48, 4096])  # 1 row a batch (batch_size), 3 rows, all rows at once
+def test_lm_validation_loss_covers_every_token_once_whatever_the_batch(max_tokens):
+    # Trainer.validation_loss reads the validation text in blocks of block_size, train.max_tokens at a time: the
+    # result is the mean cross-entropy of predicting every token after the first of each full block, as computed
+    # here over all blocks at once.
+    import types
+
+    import numpy as np
+
+    from aiayn.model import build_model
+    from aiayn.train.trainer import Trainer
+
+    config = RunConfig.from_dict(
+        {
+            "model": {"arch": "lm", "vocab_size": 20, "d_model": 16, "n_heads": 2, "n_decoder_layers": 1, "d_ff": 32},
+            "train": {"batch_size": 1, "block_size": 16, "max_tokens": max_tokens},
+            "optim": {"label_smoothing": 0.0},
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    stream = np.random.default_rng(0).integers(4, 20, size=16 * 7 + 5).astype(np.uint16)  # 7 full blocks + a tail
+    fake = types.SimpleNamespace(config=config, model=model, valid_stream=stream, data=types.SimpleNamespace(lm=True))
+    fake.dist = types.SimpleNamespace(device=torch.device("cpu"))
+    fake._autocast = lambda: Trainer._autocast(fake)
+    fake._loss = lambda hidden, target: Trainer._loss(fake, hidden, target)
+    loss, nll, tokens = Trainer.validation_loss(fake)
+
+    windows = torch.from_numpy(stream[: 16 * 7 + 1].astype(np.int64))
+    x = torch.stack([windows[i * 16 : i * 16 + 16] for i in range(7)])  # (7, 16)
+    y = torch.stack([windows[i * 16 + 1 : i * 16 + 17] for i in range(7)])  # (7, 16)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    assert tokens == 7 * 16
+    assert nll == pytest.approx(expected.item(), rel=1e-5)
+    assert loss == pytest.approx(expected.item(), rel=1e-5)

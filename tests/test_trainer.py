@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from aiayn.train.distributed import cpu_has_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--data.task", "copy", "--data.task_train_size", "400", "--data.task_valid_size", "20",
@@ -310,7 +312,7 @@ def test_matmul_precision_reaches_training_and_a_wrong_device_is_one_line(tmp_pa
     assert wrong.stderr.strip().splitlines()[-1] == (
         "error: train.matmul_precision='tf32' is for CUDA devices; on CPUs use 'bf16'"
     )
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if not cpu_has_bf16():
         pytest.skip("this CPU has no bf16 matrix multiplication")
     fast = train(tmp_path / "bf16", "--train.max_steps", "3", "--train.matmul_precision", "bf16")
     assert fast.returncode == 0, fast.stderr

@@ -79,6 +79,12 @@ def teardown(d: Dist) -> None:
         dist.destroy_process_group()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), which train.matmul_precision='bf16'
+    needs."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @contextlib.contextmanager
 def matmul_precision(kind: str, device: torch.device) -> Iterator[None]:
     """Run the block with fp32 matrix multiplications at the given internal precision (see
@@ -89,7 +95,7 @@ def matmul_precision(kind: str, device: torch.device) -> Iterator[None]:
     if kind == "bf16":
         if device.type != "cpu":
             raise ValueError("train.matmul_precision='bf16' is for CPUs; on CUDA use 'tf32'")
-        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        if not cpu_has_bf16():
             raise ValueError("train.matmul_precision='bf16' needs a CPU with AVX512-BF16 or AMX; use 'fp32'")
         backend = torch.backends.mkldnn.matmul
     else:

@@ -150,7 +150,8 @@ def build_engine(cell: Cell) -> tuple[nn.Module, Callable[[torch.Tensor, torch.T
     c = CONFIGS[cell.config]
     if cell.engine == "aiayn":
         from aiayn.config import ModelConfig
-        from aiayn.model import Transformer
+        from aiayn.model import Transformer, use_kernels
+        from aiayn.train.precision import kernels_for
 
         model = Transformer(
             ModelConfig(
@@ -163,6 +164,8 @@ def build_engine(cell: Cell) -> tuple[nn.Module, Callable[[torch.Tensor, torch.T
                 pad_id=PAD,
             )
         )
+        # The kernels aiayn's trainer hands a model training on the CPU at this precision (aiayn.train.precision).
+        use_kernels(model, kernels_for(torch.device("cpu"), cell.precision, "fp32"))
         return model, model
     if cell.engine == "torch":
         model = TorchTransformer(c["d_model"], c["n_heads"], c["n_layers"], c["d_ff"])

@@ -8,13 +8,14 @@ import torch
 
 from aiayn import ModelConfig
 from aiayn.model import MultiHeadAttention, record_attention, scaled_dot_product_attention
-from aiayn.model.attention import FP32_ATTENTION_MAX_KEYS, AttentionCache, fast_attention
+from aiayn.model.attention import AttentionCache
+from aiayn.model.kernels import FP32_ATTENTION_MAX_KEYS, SDPA, Kernels, _matmul_attention, fast_attention
 from aiayn.model.layers import softmax
 from aiayn.model.masks import causal_mask, padding_mask
 from aiayn.model.transformer import make_rotary
-from aiayn.train.distributed import cpu_has_bf16
 
-needs_bf16_cpu = pytest.mark.skipif(not cpu_has_bf16(), reason="needs a CPU with AVX512-BF16 or AMX")
+SHORT_FP32 = Kernels(short_fp32=True)  # what the trainer hands a model training in bf16 on the CPU
+MATMUL = Kernels(matmul_attention=True)  # ... training with train.matmul_precision='bf16'
 
 # "Your journey starts with one step": six tokens, 3-dimensional embeddings (the seeds' example).
 JOURNEY = torch.tensor(
@@ -107,7 +108,7 @@ def test_bf16_fast_path_gradients_match_the_readable_path(keys):
         p.requires_grad_(True)
     mask = torch.ones(3, 1, 1, keys, dtype=torch.bool)
     mask[1, ..., keys // 2 :] = False
-    out = fast_attention(q, k, v, mask)
+    out = fast_attention(q, k, v, mask, kernels=SHORT_FP32)
     assert out.dtype == torch.bfloat16
     grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
     reference = [p.detach().float().requires_grad_(True) for p in (q, k, v)]
@@ -121,7 +122,7 @@ def test_bf16_fast_path_gradients_match_the_readable_path(keys):
 def test_fast_path_under_bf16_autocast_returns_bf16_and_matches():
     q, k, v = _qkv()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = fast_attention(q, k, v, _masks()["padding"])
+        out = fast_attention(q, k, v, _masks()["padding"], kernels=SHORT_FP32)
     assert out.dtype == torch.bfloat16  # what autocast promises the next layer, although computed in fp32
     expected, _ = scaled_dot_product_attention(q, k, v, _masks()["padding"])
     torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
@@ -231,8 +232,6 @@ def test_causal_self_attention_with_cache_equals_full():
 @pytest.mark.parametrize("causal", [False, True])
 def test_matmul_attention_matches_the_fused_kernel_in_float64(causal):
     # The path train.matmul_precision='bf16' takes on the CPU (see fast_attention): same function, other kernels.
-    from aiayn.model.attention import _matmul_attention
-
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 4, 7, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
     padding = torch.ones(3, 1, 1, 7, dtype=torch.bool)
@@ -247,35 +246,26 @@ def test_matmul_attention_matches_the_fused_kernel_in_float64(causal):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-10)
 
 
-@needs_bf16_cpu
-def test_bf16_matmul_precision_routes_cpu_attention_through_matmuls():
-    from aiayn.model.attention import _matmul_attention
-    from aiayn.train.distributed import matmul_precision
-
+def test_matmul_kernels_route_cpu_fp32_attention_through_matmuls():
+    # Kernels(matmul_attention=True), which the trainer hands the model for train.matmul_precision='bf16'.
     q, k, v = _qkv()
     mask = _masks()["padding"]
-    with matmul_precision("bf16", torch.device("cpu")):
-        out = fast_attention(q, k, v, mask)
-        assert torch.equal(out, _matmul_attention(q, k, v, mask, 0.0, False))
+    out = fast_attention(q, k, v, mask, kernels=MATMUL)
+    assert torch.equal(out, _matmul_attention(q, k, v, mask, 0.0, False))
+    assert not torch.equal(fast_attention(q, k, v, mask), out)  # the default is PyTorch's fused kernel
     expected, _ = scaled_dot_product_attention(q, k, v, mask)
-    torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)  # bf16 inputs, fp32 accumulation
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
 
 
-@needs_bf16_cpu
-def test_compiled_attention_sees_the_bf16_matmul_setting_without_a_graph_break():
-    # Compiled code cannot read PyTorch's setting: it reads what matmul_precision last told aiayn.model.attention.
-    # fullgraph=True fails on any graph break; the matmul path gives other values than the fused kernel.
-    from aiayn.model.attention import _matmul_attention
-    from aiayn.train.distributed import matmul_precision
-
+def test_compiled_attention_follows_the_kernel_choice_without_a_graph_break():
+    # The choice is a plain argument (a module attribute in the model), never a global that compiled code cannot
+    # read: fullgraph=True fails on any graph break; the matmul path gives other values than the fused kernel.
     q, k, v = _qkv()
     mask = _masks()["padding"]
-    with matmul_precision("bf16", torch.device("cpu")):
-        expected = _matmul_attention(q, k, v, mask, 0.0, False)
-        compiled = torch.compile(fast_attention, fullgraph=True, dynamic=False)
-        torch.testing.assert_close(compiled(q, k, v, mask), expected, atol=1e-6, rtol=1e-6)
-    eager_fp32 = fast_attention(q, k, v, mask)
-    torch.testing.assert_close(torch.compile(fast_attention, fullgraph=True, dynamic=False)(q, k, v, mask), eager_fp32)
+    compiled = torch.compile(fast_attention, fullgraph=True, dynamic=False)
+    expected = _matmul_attention(q, k, v, mask, 0.0, False)
+    torch.testing.assert_close(compiled(q, k, v, mask, kernels=MATMUL), expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(compiled(q, k, v, mask, kernels=SDPA), fast_attention(q, k, v, mask))
 
 
 def test_importing_aiayn_does_not_import_the_compiler():
@@ -291,18 +281,18 @@ def test_importing_aiayn_does_not_import_the_compiler():
 def test_large_cpu_bf16_attention_recomputes_its_fp32_copies_in_the_backward(monkeypatch):
     # Small batches keep the fp32 copies of q, k, v for the backward (faster); from RECOMPUTE_MIN_NUMEL query
     # elements on only the bf16 inputs are kept and the fp32 attention runs again in the backward. Same gradients.
-    import aiayn.model.attention as attention
+    import aiayn.model.kernels as kernels
 
     torch.manual_seed(0)
     shape = (1024, 4, 16, 16)  # 2**20 query elements
     base = [torch.randn(shape, dtype=torch.bfloat16) for _ in range(3)]
 
     def run(min_numel):
-        monkeypatch.setattr(attention, "RECOMPUTE_MIN_NUMEL", min_numel)
+        monkeypatch.setattr(kernels, "RECOMPUTE_MIN_NUMEL", min_numel)
         q, k, v = (t.clone().requires_grad_() for t in base)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
-            out = fast_attention(q, k, v, None, is_causal=True)
+            out = fast_attention(q, k, v, None, is_causal=True, kernels=SHORT_FP32)
         out.float().square().sum().backward()
         return saved, out, (q.grad, k.grad, v.grad)
 

@@ -51,9 +51,12 @@ def pad(rows: list[list[int]]) -> torch.Tensor:
 
 @torch.no_grad()
 def next_logp(model, src: list[int], prefix: list[int]) -> torch.Tensor:
-    """log P(next | src, prefix) from a full forward pass: no cache, no batching."""
+    """log P(next | src, prefix) from a full forward pass: no cache, no batching. The ids decoding never emits
+    (padding and BOS: ModelConfig.special_ids.never_emit) get -inf: no search may choose them."""
     logits = model(torch.tensor([src]), torch.tensor([[BOS_ID, *prefix]]))  # (1, T, V)
-    return logits[0, -1].float().log_softmax(-1)
+    logp = logits[0, -1].float().log_softmax(-1)
+    logp[list(model.config.special_ids.never_emit)] = float("-inf")
+    return logp
 
 
 @torch.no_grad()

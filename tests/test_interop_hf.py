@@ -387,7 +387,7 @@ def test_dropouts_and_token_ids_are_carried_both_ways():
     back = to_marian(model).config
     assert (back.dropout, back.attention_dropout, back.activation_dropout) == (0.2, 0.05, 0.0)
     assert (back.max_position_embeddings, back.pad_token_id) == (MAX_LEN, PAD)
-    # aiayn's fixed special ids: decoding starts from BOS and ends at EOS.
+    # The model's special ids go back as they came (Marian's start token is its pad token, here also aiayn's BOS).
     assert (back.decoder_start_token_id, back.bos_token_id, back.eos_token_id) == (BOS_ID, BOS_ID, EOS_ID)
 
     lm = from_gpt2(_gpt2(resid_pdrop=0.2, embd_pdrop=0.2, attn_pdrop=0.05, pad_token_id=PAD))

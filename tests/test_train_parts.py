@@ -173,19 +173,44 @@ def test_weight_decay_uses_adamw_and_spares_biases_and_norms():
 
 
 def test_matmul_precision_bf16_uses_bf16_inputs_and_restores_the_setting():
-    from aiayn.train.distributed import matmul_precision
+    # PyTorch's setting is a permission, not an order: oneDNN gives fp32 products bf16 inputs only where it has the
+    # kernel (AMX), and elsewhere (AVX512-BF16 CPUs included) silently computes in fp32. matmul_precision('bf16')
+    # then refuses in one line; its probe must agree with what the setting, set by hand, does to a product here.
+    from aiayn.errors import ConfigError
+    from aiayn.train.distributed import bf16_matmul_precision_works, matmul_precision
 
     before = torch.backends.mkldnn.matmul.fp32_precision
     torch.manual_seed(0)
     a, b = torch.randn(64, 128), torch.randn(128, 96)
     exact = a @ b
-    if cpu_has_bf16():
+    rounded = a.bfloat16().double() @ b.bfloat16().double()  # bf16 inputs, exact accumulation
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        by_hand = a @ b
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+    honoured = (by_hand.double() - rounded).abs().max().item() < 1e-3
+    assert bf16_matmul_precision_works() is honoured
+    assert torch.backends.mkldnn.matmul.fp32_precision == before  # the probe puts the setting back
+    if not cpu_has_bf16():
+        assert not honoured  # no bf16 in oneDNN at all
+    if honoured:
         with matmul_precision("bf16", torch.device("cpu")):
             assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
             fast = a @ b
-        rounded = a.bfloat16().double() @ b.bfloat16().double()  # bf16 inputs, exact accumulation
         torch.testing.assert_close(fast.double(), rounded, rtol=0, atol=1e-3)
         assert not torch.equal(fast, exact)
+    else:
+        torch.testing.assert_close(by_hand, exact, rtol=0, atol=1e-4)  # the setting changed nothing...
+        with (
+            pytest.raises(ConfigError) as refused,
+            matmul_precision("bf16", torch.device("cpu")),
+        ):
+            pass
+        assert str(refused.value) == (  # ...so it is refused, never a silent no-op
+            f"train.matmul_precision='bf16' has no effect with torch {torch.__version__} on this CPU: its fp32 "
+            "matrix products keep fp32 inputs (oneDNN gives them bf16 inputs only on CPUs with AMX); use 'fp32'"
+        )
     assert torch.backends.mkldnn.matmul.fp32_precision == before
     with matmul_precision("fp32", torch.device("cpu")):
         assert torch.equal(a @ b, exact)
@@ -317,15 +342,17 @@ def test_hidden_states_give_the_forward_logits(arch):
 
 @pytest.mark.parametrize("max_tokens", [16, 48, 4096])  # 1 row a batch (batch_size), 3 rows, all rows at once
 def test_lm_validation_loss_covers_every_token_once_whatever_the_batch(max_tokens):
-    # Trainer.validation_loss reads the validation text in blocks of block_size, train.max_tokens at a time: the
+    # The evaluator (Trainer.validation_loss) reads the validation text in blocks of block_size, train.max_tokens at
+    # a time: the
     # result is the mean cross-entropy of predicting every token after the first of each full block, as computed
     # here over all blocks at once.
-    import types
+    import contextlib
 
     import numpy as np
 
+    from aiayn.config import TaskKind
     from aiayn.model import build_model
-    from aiayn.train.trainer import Trainer
+    from aiayn.train.evaluator import Evaluator
 
     config = RunConfig.from_dict(
         {
@@ -337,11 +364,10 @@ def test_lm_validation_loss_covers_every_token_once_whatever_the_batch(max_token
     torch.manual_seed(0)
     model = build_model(config.model)
     stream = np.random.default_rng(0).integers(4, 20, size=16 * 7 + 5).astype(np.uint16)  # 7 full blocks + a tail
-    fake = types.SimpleNamespace(config=config, model=model, valid_stream=stream, data=types.SimpleNamespace(lm=True))
-    fake.dist = types.SimpleNamespace(device=torch.device("cpu"))
-    fake._autocast = lambda: Trainer._autocast(fake)
-    fake._loss = lambda hidden, target: Trainer._loss(fake, hidden, target)
-    loss, nll, tokens = Trainer.validation_loss(fake)
+    evaluator = Evaluator(model, TaskKind.TEXT, stream, [], None, config.train, 0.0, torch.device("cpu"),
+                          contextlib.nullcontext)  # fmt: skip
+    sums = evaluator.validation_loss()
+    loss, nll, tokens = sums.mean_loss, sums.mean_nll, sums.tokens
 
     windows = torch.from_numpy(stream[: 16 * 7 + 1].astype(np.int64))
     x = torch.stack([windows[i * 16 : i * 16 + 16] for i in range(7)])  # (7, 16)

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from aiayn.config import RunConfig, merge, parse_overrides
+from aiayn.inference import load
 
 # configs/demo-dates.yaml holds the same settings (a test keeps them equal).
 DATES_CONFIG: dict[str, Any] = {
@@ -25,7 +24,7 @@ DATES_CONFIG: dict[str, Any] = {
         "d_ff": 512,
         "dropout": 0.0,  # 60,000 generated pairs do not overfit in 800 steps; CPU dropout costs ~20% of a step
     },
-    "data": {"task": "dates", "task_train_size": 60000, "task_valid_size": 500, "max_tokens": 64},
+    "data": {"task": "dates", "task_train_size": 60000, "task_valid_size": 500, "max_example_tokens": 64},
     "tokenizer": {"kind": "bpe", "vocab_size": 600},
     "optim": {"schedule": "inverse_sqrt", "lr": 0.002, "warmup": 200, "label_smoothing": 0.1},
     "train": {
@@ -106,12 +105,14 @@ def run_demo(task: str = "dates", out_dir: str | None = None, steps: int | None 
     code = trainer.run()
     if code != 0:
         return code
-    from aiayn.data.dates import task_pairs
+    from aiayn.data.tasks import task_pairs
 
     seen = {s for s, _ in task_pairs("dates", config.data.task_train_size, config.train.seed)}
     held_out = [p for p in task_pairs("dates", EVAL_SIZE * 2, EVAL_SEED) if p[0] not in seen][:EVAL_SIZE]
     sources = [s for s, _ in held_out]
-    outputs = trainer.translate(sources)
+    # The trained model as a user loads it (its best checkpoint), translated greedily in the run's batch size.
+    model = load(run_dir, device="cpu" if config.train.device == "cpu" else "auto")
+    outputs = model.translate(sources, beam=1, batch_tokens=config.train.max_tokens)
     correct = [o == t for o, (_, t) in zip(outputs, held_out, strict=True)]
     print("\nheld-out dates it never saw:")
     for (src, tgt), out, ok in list(zip(held_out, outputs, correct, strict=True))[:8]:
@@ -123,7 +124,7 @@ def run_demo(task: str = "dates", out_dir: str | None = None, steps: int | None 
         "exact_match": exact,
         "correct": sum(correct),
         "n": len(correct),
-        "steps": trainer.state["step"],
+        "steps": trainer.state.step,
         "seconds": round(elapsed, 1),
         "errors": [{"source": s, "expected": t, "output": o} for (s, t), o, ok in zip(held_out, outputs, correct,
                                                                                       strict=True) if not ok][:50],
@@ -138,7 +139,6 @@ def run_demo(task: str = "dates", out_dir: str | None = None, steps: int | None 
 
 
 def _run_lm(out_dir: str | None, steps: int | None, overrides: list[str], start: float) -> int:
-    from aiayn.decoding import sample
     from aiayn.train.trainer import Trainer
 
     config = _config(LM_CONFIG, out_dir, steps, overrides)
@@ -146,7 +146,7 @@ def _run_lm(out_dir: str | None, steps: int | None, overrides: list[str], start:
     run_dir.mkdir(parents=True, exist_ok=True)
     text_file = run_dir / "stdlib.txt"
     if not text_file.exists():
-        from aiayn.train.checkpoint import write_atomic
+        from aiayn.files import write_atomic
 
         write_atomic(text_file, stdlib_text().encode())
     config.data.train_text = str(text_file)
@@ -155,16 +155,13 @@ def _run_lm(out_dir: str | None, steps: int | None, overrides: list[str], start:
     code = trainer.run()
     if code != 0:
         return code
-    tok = trainer.data.tokenizer
+    model = load(run_dir, device="cpu" if config.train.device == "cpu" else "auto")
     prompt = "def "
     samples = {}
     for temperature in (0.5, 1.0):
-        ids = torch.tensor([tok.encode(prompt)])
-        gen = torch.Generator().manual_seed(0)
-        out = sample(trainer.model, ids, max_new_tokens=300, temperature=temperature, generator=gen)[0]
-        samples[str(temperature)] = prompt + tok.decode(out)
+        samples[str(temperature)] = prompt + model.generate(prompt, 300, temperature=temperature, seed=0)
         print(f"\n--- sample at temperature {temperature} ---\n{samples[str(temperature)]}")
-    loss, nll, _ = trainer.validation_loss()
+    _, nll, _ = trainer.validation_loss()
     elapsed = time.perf_counter() - start
     _write_json(run_dir / "eval.json", {"task": "lm", "valid_nll": nll, "seconds": round(elapsed, 1),
                                         "samples": samples})  # fmt: skip
@@ -177,8 +174,6 @@ def _attention_picture(run_dir: Path, sources: list[str]) -> Path | None:
     for a few held-out dates; a date's digits light up where the ISO output copies them. Dates in Chinese are left
     out (with a note) when no installed font has their glyphs."""
     from aiayn import viz
-    from aiayn.inference import load
-
     model = load(run_dir, device="cpu")
     last = f"decoder.layers.{model.model.config.n_decoder_layers - 1}.cross_attn"
     items = []
@@ -195,6 +190,6 @@ def _attention_picture(run_dir: Path, sources: list[str]) -> Path | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from aiayn.train.checkpoint import write_atomic
+    from aiayn.files import write_atomic
 
     write_atomic(path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())

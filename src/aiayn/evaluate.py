@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiayn.errors import UserError
+
 
 def looks_chinese(texts: list[str], sample: int = 100) -> bool:
     """True when the references contain CJK ideographs: then sacreBLEU's `zh` tokenizer is the right one."""
@@ -16,7 +18,7 @@ def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str
     from sacrebleu.metrics import BLEU, CHRF
 
     if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references: expected one each")
+        raise UserError(f"{len(hypotheses)} hypotheses for {len(references)} references: expected one each")
     tokenize = "zh" if looks_chinese(references) else "13a"
     bleu, bleu_lc, chrf = BLEU(tokenize=tokenize), BLEU(tokenize=tokenize, lowercase=True), CHRF()
     refs = [references]

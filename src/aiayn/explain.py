@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from aiayn.model.attention import record_attention
-from aiayn.model.layers import AddNorm, FeedForward, InputEmbedding, softmax
+from aiayn.config import TaskKind
+from aiayn.errors import UserError
+from aiayn.model.layers import softmax
+from aiayn.model.recorder import record_attention
+from aiayn.report_html import _table, heatmap
 
 TEMPERATURES = (0.5, 1.0, 2.0)
 DIMS = 8  # vectors are shown by their first DIMS dimensions
@@ -50,67 +52,87 @@ class Walk:
     translation: str
     values: dict[str, np.ndarray] = field(default_factory=dict)
     shapes: dict[str, list[int]] = field(default_factory=dict)
+    task: str = "pairs"  # TaskKind value: what the report shows (an encoder, a translation) depends on it
 
 
 @torch.no_grad()
 def walk(pretrained, text: str, beam: int = 1) -> Walk:
-    """Run `text` through a loaded model (`aiayn.load(DIR)`) once, keeping what the report shows. Seq2seq: the
-    source, then the model's own translation (greedy, or beam search with `beam`) fed back teacher-forced. LM:
+    """Run `text` through a loaded model (`aiayn.load(DIR)`) once, keeping what the report shows. Pairs: the
+    source, then the model's own translation (greedy, or beam search with `beam`) fed back teacher-forced. Text:
     the text, and the next token after it."""
-    model, tokenizer = pretrained.model, pretrained.tokenizer
-    device = pretrained.device
-    if pretrained.is_lm:
-        ids = pretrained.lm_inputs(text)
-        w = Walk("lm", model.config.to_dict(), text, [], [], tokenizer.labels(ids), ids, [], "")
-        inputs: tuple[torch.Tensor, ...] = (torch.tensor([ids], device=device),)
-    else:
-        source, decoder_in, output, translation = pretrained.walk_inputs(text, beam)
-        w = Walk("seq2seq", model.config.to_dict(), text, tokenizer.labels(source), source,
-                 tokenizer.labels(decoder_in), decoder_in, output, translation)  # fmt: skip
-        inputs = (torch.tensor([source], device=device), torch.tensor([decoder_in], device=device))
-
-    names = {module: name for name, module in model.named_modules()}
-    handles = []
-
-    def keep(name: str, tensor: torch.Tensor) -> None:
-        """A (1, T, D) activation -> its first DIMS dimensions, (T, DIMS)."""
-        w.shapes[name] = list(tensor.shape)
-        w.values[name] = tensor[0, :, :DIMS].float().cpu().numpy()
-
-    def on_embedding(module, args, out):
-        ids = args[0]
-        name = names[module]
-        keep(f"{name}.token", module.token(ids))
-        if module.position is not None:
-            keep(f"{name}.position", module.position(ids.shape[1]).unsqueeze(0).expand_as(out))
-        keep(f"{name}.output", out)
-
-    def on_addnorm(module, args, out):
-        keep(f"{names[module]}.input", args[0])
-        keep(f"{names[module]}.output", out)
-
-    def on_ffn(module, args, out):
-        keep(f"{names[module]}.input", args[0])
-        keep(f"{names[module]}.output", out)
-
-    def on_ffn_hidden(module, args):  # the input of W2: the activation's output
-        keep(f"{names[module].rsplit('.', 1)[0]}.hidden", args[0])
-
-    for module in model.modules():
-        if isinstance(module, InputEmbedding):
-            handles.append(module.register_forward_hook(on_embedding))
-        elif isinstance(module, AddNorm):
-            handles.append(module.register_forward_hook(on_addnorm))
-        elif isinstance(module, FeedForward):
-            handles.append(module.register_forward_hook(on_ffn))
-            handles.append(module.w2.register_forward_pre_hook(on_ffn_hidden))
+    model = pretrained.model
+    w, inputs = _start(pretrained, text, beam)
+    handles = _hooks(model, w)
     try:
         with record_attention(model, detail=True) as recorder:
             logits = model(*inputs)  # (1, T, V)
     finally:
         for handle in handles:
             handle.remove()
+    _attention_values(w, recorder)
+    _final_values(w, logits[0].float())
+    return w
 
+
+def _start(pretrained, text: str, beam: int) -> tuple[Walk, tuple[torch.Tensor, ...]]:
+    """The walk's labels and the model's inputs: (source, decoder input) for pairs, (text,) for text."""
+    model, tokenizer, device = pretrained.model, pretrained.tokenizer, pretrained.device
+    arch, task = model.config.arch, pretrained.task.value
+    if pretrained.task is TaskKind.TEXT:
+        ids = pretrained.lm_inputs(text)
+        w = Walk(arch, model.config.to_dict(), text, [], [], tokenizer.labels(ids), ids, [], "", task=task)
+        return w, (torch.tensor([ids], device=device),)
+    source, decoder_in, output, translation = pretrained.walk_inputs(text, beam)
+    w = Walk(arch, model.config.to_dict(), text, tokenizer.labels(source), source, tokenizer.labels(decoder_in),
+             decoder_in, output, translation, task=task)  # fmt: skip
+    return w, (torch.tensor([source], device=device), torch.tensor([decoder_in], device=device))
+
+
+def _hooks(model: torch.nn.Module, w: Walk) -> list:
+    """Forward hooks on the parts the model family shows (its `sublayers()` hook: embeddings, Add & Norm, the
+    FFN) that keep their activations in `w`."""
+
+    def keep(name: str, tensor: torch.Tensor) -> None:
+        """A (1, T, D) activation -> its first DIMS dimensions, (T, DIMS)."""
+        w.shapes[name] = list(tensor.shape)
+        w.values[name] = tensor[0, :, :DIMS].float().cpu().numpy()
+
+    def on_embedding(name):
+        def hook(module, args, out):
+            ids = args[0]
+            keep(f"{name}.token", module.token(ids))
+            if module.position is not None:
+                keep(f"{name}.position", module.position(ids.shape[1]).unsqueeze(0).expand_as(out))
+            keep(f"{name}.output", out)
+
+        return hook
+
+    def on_block(name):  # Add & Norm, and the FFN: what goes in and what comes out
+        def hook(module, args, out) -> None:  # a hook that returned a value would replace the output
+            keep(f"{name}.input", args[0])
+            keep(f"{name}.output", out)
+
+        return hook
+
+    def on_ffn_hidden(name):  # the input of W2: the activation's output
+        def hook(module, args) -> None:
+            keep(f"{name}.hidden", args[0])
+
+        return hook
+
+    handles = []
+    for name, kind, module in model.sublayers():
+        if kind == "embedding":
+            handles.append(module.register_forward_hook(on_embedding(name)))
+        elif kind in ("residual", "ffn"):
+            handles.append(module.register_forward_hook(on_block(name)))
+        if kind == "ffn":
+            handles.append(module.w2.register_forward_pre_hook(on_ffn_hidden(name)))
+    return handles
+
+
+def _attention_values(w: Walk, recorder) -> None:
+    """Each attention call's steps (scores, scaled, mask, weights per head; q, k, v, context of head 0)."""
     for name, calls in recorder.details.items():
         steps = calls[-1]
         for key in ("scores", "scaled", "weights"):
@@ -124,85 +146,19 @@ def walk(pretrained, text: str, beam: int = 1) -> Walk:
         for key in ("q", "k", "v", "context"):  # (1, H, T, Dh): head 0's first DIMS dimensions
             w.shapes[f"{name}.{key}"] = list(steps[key].shape)
             w.values[f"{name}.{key}"] = steps[key][0, 0, :, :DIMS].float().cpu().numpy()
-        keep(f"{name}.concat", steps["concat"])
-        keep(f"{name}.output", steps["output"])
+        for key in ("concat", "output"):  # (1, T, D)
+            w.shapes[f"{name}.{key}"] = list(steps[key].shape)
+            w.values[f"{name}.{key}"] = steps[key][0, :, :DIMS].float().cpu().numpy()
 
-    logits = logits[0].float()  # (T, V)
+
+def _final_values(w: Walk, logits: torch.Tensor) -> None:
+    """logits (T, V) -> the top candidates' ids, logits and probabilities at each temperature."""
     top = logits.topk(min(TOP, logits.shape[-1]), dim=-1).indices  # (T, TOP): the same order at every temperature
     w.values["final.top_ids"] = top.cpu().numpy()
     for t in TEMPERATURES:
         w.values[f"final.p@{t:g}"] = softmax(logits, t).gather(-1, top).cpu().numpy()  # (T, TOP)
     w.values["final.logits"] = logits.gather(-1, top).cpu().numpy()
     w.shapes["final.logits"] = list(logits.shape)
-    return w
-
-
-# ---------------------------------------------------------------------------------------------------- HTML
-_VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
-
-
-def _color(value: float, low: float, high: float, diverging: bool) -> str:
-    if diverging:  # blue (negative) - white - red (positive)
-        scale = max(abs(low), abs(high), 1e-12)
-        x = max(-1.0, min(1.0, value / scale))
-        r, g, b = (
-            (255, int(255 * (1 - x)), int(255 * (1 - x))) if x >= 0 else (int(255 * (1 + x)), int(255 * (1 + x)), 255)
-        )
-        return f"rgb({r},{g},{b})"
-    x = 0.0 if high <= low else max(0.0, min(1.0, (value - low) / (high - low)))
-    i = min(int(x * (len(_VIRIDIS) - 1)), len(_VIRIDIS) - 2)
-    f = x * (len(_VIRIDIS) - 1) - i
-    r, g, b = (round(a + (c - a) * f) for a, c in zip(_VIRIDIS[i], _VIRIDIS[i + 1], strict=True))
-    return f"rgb({r},{g},{b})"
-
-
-def heatmap(
-    matrix: np.ndarray,
-    rows: Sequence[str],
-    cols: Sequence[str],
-    title: str,
-    mask: np.ndarray | None = None,
-    diverging: bool = False,
-    limits: tuple[float, float] | None = None,
-) -> str:
-    """An inline SVG heatmap; each cell's <title> holds its value. Cells outside `mask` are grey ("masked").
-    Colours span the shown values, or `limits` (e.g. (0, 1) for weights)."""
-    cell, left, top = 16, 8 + 7 * max((len(r) for r in rows), default=1), 8 + 7 * max((len(c) for c in cols), default=1)
-    width, height = max(left + cell * len(cols) + 4, 8 * len(title) + 8), top + cell * len(rows) + 22
-    shown = matrix if mask is None else matrix[mask.astype(bool)]
-    low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 1.0)
-    if limits is not None:
-        low, high = limits
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="heat">',
-             f'<text x="{left}" y="{height - 6}" class="cap">{html.escape(title)}</text>']  # fmt: skip
-    for j, label in enumerate(cols):
-        x = left + j * cell + cell / 2
-        parts.append(f'<text transform="translate({x + 4},{top - 4}) rotate(-90)">{html.escape(label)}</text>')
-    for i, label in enumerate(rows):
-        y = top + i * cell
-        parts.append(f'<text x="{left - 4}" y="{y + 12}" text-anchor="end">{html.escape(label)}</text>')
-        for j in range(len(cols)):
-            if mask is not None and not mask[i, j]:
-                fill, tip = "#bbb", "masked"
-            else:
-                fill, tip = _color(float(matrix[i, j]), low, high, diverging), f"{matrix[i, j]:.4g}"
-            parts.append(
-                f'<rect x="{left + j * cell}" y="{y}" width="{cell}" height="{cell}" fill="{fill}">'
-                f"<title>{html.escape(rows[i])} -> {html.escape(cols[j])}: {tip}</title></rect>"
-            )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _table(matrix: np.ndarray, rows: Sequence[str], header: str, shape: Sequence[int] | None = None) -> str:
-    dims = matrix.shape[1]
-    head = "".join(f"<th>{d}</th>" for d in range(dims))
-    body = "".join(
-        f"<tr><th>{html.escape(r)}</th>" + "".join(f"<td>{v:.4f}</td>" for v in row) + "</tr>"
-        for r, row in zip(rows, matrix, strict=True)
-    )
-    note = f" — shape {tuple(shape)}, first {dims} dimensions" if shape else ""
-    return f"<p class='what'>{header}{note}</p><table><tr><th></th>{head}</tr>{body}</table>"
 
 
 def _attention_html(w: Walk, name: str, rows: list[str], cols: list[str], heading: str) -> str:
@@ -340,16 +296,17 @@ def render(w: Walk, tokenizer) -> str:
     """The report as one self-contained HTML string."""
     c = w.config
     sections = [f"<h1>aiayn explain</h1><p>Input: <b>{html.escape(w.text)}</b>"]
-    if w.arch == "seq2seq":
+    pairs = w.task == TaskKind.PAIRS.value
+    if pairs:
         sections[0] += f"<br>Translation (the model's own): <b>{html.escape(w.translation)}</b>"
     sections[0] += (
         f"</p><p>Model: {w.arch}, d_model {c['d_model']}, {c['n_heads']} heads (d_k = {c['d_model'] // c['n_heads']}), "
-        f"d_ff {c['d_ff']}, {c['n_encoder_layers'] if w.arch == 'seq2seq' else 0} encoder + {c['n_decoder_layers']} "
+        f"d_ff {c['d_ff']}, {c['n_encoder_layers'] if pairs else 0} encoder + {c['n_decoder_layers']} "
         f"decoder layers, {c['norm']}-LN, {c['positional']} positions. Vectors show their first {DIMS} dimensions; "
         "hover a heatmap cell for its value.</p>"
     )
     decoder_rows = w.target
-    if w.arch == "seq2seq":
+    if pairs:
         sections.append("<h2>1. Tokens and embeddings (encoder input)</h2>")
         sections.append(_embedding_html(w, "src_embed", w.source, w.source_ids))
         sections.append("<h2>2. Encoder</h2>")
@@ -383,13 +340,13 @@ def render(w: Walk, tokenizer) -> str:
 
 def explain(pretrained, text: str, out: str | Path, beam: int = 1) -> Path:
     """Walk `text` through the model and write the HTML report to `out` (atomically)."""
-    from aiayn.train.checkpoint import write_atomic
+    from aiayn.files import write_atomic
 
     path = Path(out)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--out {out}: expected a file name ending in .html")
+        raise UserError(f"--out {out}: expected a file name ending in .html")
     if not path.parent.exists():
-        raise ValueError(f"--out {out}: the folder {path.parent} does not exist")
+        raise UserError(f"--out {out}: the folder {path.parent} does not exist")
     write_atomic(path, render(walk(pretrained, text, beam), pretrained.tokenizer).encode("utf-8"))
     return path
 

@@ -20,6 +20,9 @@ space) and U+FEFF (BOM) are removed; "\\r\\n" becomes "\\n"; every other space-l
 no case folding, no NFKC, and spaces are neither collapsed nor stripped. U+200D (zero-width joiner) is kept. Lone
 surrogates (which are not valid Unicode text) become U+FFFD.
 
+Training (`train_tokenizer`, `train_tokenizer_from_files`) lives in aiayn.tokenizer_train and is re-exported here,
+loaded on first use: that module imports this one.
+
 This module imports no torch.
 """
 
@@ -31,14 +34,18 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tokenizers import Regex, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, normalizers
 from tokenizers import Tokenizer as _RustTokenizer
-from tokenizers.models import BPE
 
-from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SpecialIds
+from aiayn.errors import DataError
+
+if TYPE_CHECKING:
+    from aiayn.tokenizer_train import train_tokenizer, train_tokenizer_from_files
 
 __all__ = [
     "KINDS",
@@ -70,7 +77,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Pre-tokenizer patterns (Oniguruma syntax, as the Rust library reads them).
 _BPE_PATTERN = r" ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{M}\p{N}]+| +(?= )| +|\n"
 _CHAR_PATTERN = r"[\s\S]"
-_INITIAL_ALPHABET = [" ", "\n"]  # always tokens of their own, even when the training text lacks them
 
 
 def normalize(text: str) -> str:
@@ -99,135 +105,6 @@ def _rust_normalizer() -> normalizers.Normalizer:
     return normalizers.Sequence(steps)
 
 
-def _check_vocab_size(vocab_size: object) -> int:
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
-    return vocab_size
-
-
-def _check_kind(kind: object) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not one of {' | '.join(map(repr, KINDS))}")
-    return kind  # type: ignore[return-value]
-
-
-def _empty_rust_tokenizer(kind: str) -> _RustTokenizer:
-    tok = _RustTokenizer(BPE(unk_token="<unk>", byte_fallback=True))
-    tok.normalizer = _rust_normalizer()
-    pattern = _CHAR_PATTERN if kind == "char" else _BPE_PATTERN
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
-    return tok
-
-
-def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
-    """Groups of texts for the Rust trainer (fewer Python -> Rust calls); checks types, fixes lone surrogates."""
-    batch: list[str] = []
-    for text in texts:
-        if not isinstance(text, str):
-            raise TypeError(f"training texts must be str, got {type(text).__name__}")
-        batch.append(_fix_surrogates(text))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _finish(trained: _RustTokenizer) -> _RustTokenizer:
-    """Lay out the trained vocabulary as specials (0..3), bytes (4..259), then the trained tokens in trained order.
-
-    Drops merges whose result spells a special or byte token (possible only when the training text contains such
-    strings), and everything that depended on them, so no text can ever encode to a special or byte id by a merge.
-    """
-    data = json.loads(trained.to_str())
-    model = data["model"]
-    trained_vocab = sorted(model["vocab"].items(), key=lambda item: item[1])
-    reserved = set(SPECIAL_TOKENS) | set(BYTE_TOKENS)
-    available = {token for token, _ in trained_vocab if len(token) == 1}  # the alphabet
-    merges = []
-    for merge in model["merges"]:
-        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
-        if left in available and right in available and left + right not in reserved:
-            merges.append([left, right])
-            available.add(left + right)
-    tokens = _SPECIALS_BY_ID + BYTE_TOKENS + [t for t, _ in trained_vocab if t in available and t not in reserved]
-    model["vocab"] = {token: i for i, token in enumerate(tokens)}
-    model["merges"] = merges
-    data["added_tokens"] = []  # specials are ordinary vocabulary entries; see the module docstring
-    return _RustTokenizer.from_str(json.dumps(data, ensure_ascii=False))
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: str = "bpe", min_frequency: int = 2) -> Tokenizer:
-    """Train a tokenizer on `texts` (any iterable of str, consumed once, streamed to the Rust trainer).
-
-    vocab_size: the requested size of the whole vocabulary, specials and the 256 byte tokens included. The vocabulary
-    always holds the 4 specials, the 256 bytes and every character seen in training, so a smaller request is clamped
-    up to that (read `Tokenizer.vocab_size` for the real size); merges fill the rest, and training stops early when
-    no pair is seen `min_frequency` times. For kind="char" the vocabulary is always specials + bytes + every
-    character seen (no merges), so `vocab_size` and `min_frequency` are only validated.
-    Deterministic: the same texts give the same tokenizer.json, byte for byte.
-    """
-    vocab_size = _check_vocab_size(vocab_size)
-    kind = _check_kind(kind)
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
-        raise ValueError(f"min_frequency must be an int >= 0, got {min_frequency!r}")
-    if isinstance(texts, str):
-        raise TypeError("texts must be an iterable of str, not one str (wrap it in a list)")
-    tok = _empty_rust_tokenizer(kind)
-    trainer = trainers.BpeTrainer(
-        # The trainer counts specials, alphabet and merges; the byte tokens are added afterwards.
-        vocab_size=1 if kind == "char" else max(vocab_size - len(BYTE_TOKENS), 1),
-        min_frequency=min_frequency,
-        special_tokens=_SPECIALS_BY_ID,
-        initial_alphabet=_INITIAL_ALPHABET,
-        show_progress=False,
-    )
-    tok.train_from_iterator(_batched(texts), trainer=trainer)
-    return Tokenizer(_finish(tok))
-
-
-def _file_texts(path: Path) -> Iterator[str]:
-    """Lines of a file without their line ends, read in binary; .tsv: the first two tab-separated columns."""
-    tsv = path.suffix.lower() == ".tsv"
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f):
-            line = raw[3:] if number == 0 and raw.startswith(b"\xef\xbb\xbf") else raw
-            if line.endswith(b"\n"):
-                line = line[:-1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            text = line.decode("utf-8", errors="replace")
-            if tsv:
-                yield from text.split("\t")[:2]
-            elif text:
-                yield text
-
-
-def train_tokenizer_from_files(
-    paths: Sequence[str | Path], vocab_size: int, kind: str = "bpe", min_frequency: int = 2
-) -> Tokenizer:
-    """`train_tokenizer` on the lines of text files, streamed (a corpus is never held in memory whole).
-
-    Files are read in binary and decoded as UTF-8 (invalid bytes become U+FFFD; the data module validates files
-    separately); a UTF-8 BOM and CRLF line ends are handled, so CRLF and LF copies of a file train the same
-    tokenizer. For .tsv files only the first two tab-separated columns are used. Line ends are not part of the
-    training text; "\\n" is a token of every vocabulary anyway.
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files = [Path(p) for p in paths]
-    for file in files:
-        if not file.is_file():
-            raise ValueError(f"training file {str(file)!r} does not exist or is not a file")
-
-    def texts() -> Iterator[str]:
-        for file in files:
-            yield from _file_texts(file)
-
-    return train_tokenizer(texts(), vocab_size, kind=kind, min_frequency=min_frequency)
-
-
 class Tokenizer:
     """A trained tokenizer: encode text to ids and back. Wraps a `tokenizers.Tokenizer` (Rust)."""
 
@@ -244,10 +121,10 @@ class Tokenizer:
         if got != SPECIAL_TOKENS:
             expected = ", ".join(f"{t}={i}" for t, i in SPECIAL_TOKENS.items())
             found = ", ".join(f"{t}={i}" for t, i in got.items())
-            raise ValueError(f"{source}: special token ids must be {expected} (aiayn.config); found {found}")
+            raise DataError(f"{source}: special token ids must be {expected} (aiayn.config); found {found}")
         missing = [t for t, i in want.items() if self._tok.token_to_id(t) != i]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{source}: the byte tokens <0x00>..<0xFF> must have ids {FIRST_BYTE_ID}..{FIRST_BYTE_ID + 255} "
                 f"(byte fallback); wrong or missing: {missing[:5]}"
             )
@@ -256,6 +133,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """The real vocabulary size: specials, byte tokens, characters and merges."""
         return self._vocab_size
+
+    @property
+    def special_ids(self) -> SpecialIds:
+        """The ids of <pad>, <bos>, <eos>, <unk>: the same in every tokenizer aiayn trains (aiayn.config)."""
+        return SpecialIds()
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
@@ -342,13 +224,13 @@ class Tokenizer:
         try:
             rust = _RustTokenizer.from_str(text)
         except Exception as e:  # the Rust library raises a bare Exception for bad JSON
-            raise ValueError(f"{source}: not a valid tokenizer.json ({e})") from e
+            raise DataError(f"{source}: not a valid tokenizer.json ({e})") from e
         try:
             model = json.loads(text).get("model") or {}
         except (json.JSONDecodeError, AttributeError) as e:
-            raise ValueError(f"{source}: not a valid tokenizer.json ({e})") from e
+            raise DataError(f"{source}: not a valid tokenizer.json ({e})") from e
         if model.get("type") != "BPE" or not model.get("byte_fallback"):
-            raise ValueError(f"{source}: expected a BPE model with byte_fallback=true")
+            raise DataError(f"{source}: expected a BPE model with byte_fallback=true")
         return cls(rust, source=source)
 
     def save(self, path: str | Path) -> None:
@@ -384,7 +266,7 @@ class Tokenizer:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read tokenizer file {str(path)!r}: {e}") from e
+            raise DataError(f"cannot read tokenizer file {str(path)!r}: {e}") from e
         return cls.from_json(text, source=str(path))
 
     def fingerprint(self) -> str:
@@ -414,3 +296,17 @@ def _byte_labels(data: bytes) -> list[str]:
             labels.append(BYTE_TOKENS[lead])
             i += 1
     return labels
+
+
+_TRAINING = ("train_tokenizer", "train_tokenizer_from_files")
+
+
+def __getattr__(name: str) -> object:
+    """The training functions, imported from aiayn.tokenizer_train on first use (it imports this module)."""
+    if name in _TRAINING:
+        from aiayn import tokenizer_train
+
+        value = getattr(tokenizer_train, name)
+        globals()[name] = value  # later lookups find it without coming here
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

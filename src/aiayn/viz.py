@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aiayn.errors import UserError
+
 FORMATS = (".png", ".svg")
 KINDS = {  # attention kind -> (title, module-name part)
     "encoder": ("Encoder self-attention", "encoder.layers.{}.self_attn"),
@@ -23,7 +25,7 @@ KINDS = {  # attention kind -> (title, module-name part)
 CJK_FONT_HINT = "install a font that has them, e.g. Debian's fonts-noto-cjk or fonts-wqy-zenhei"
 
 
-class VizError(ValueError):
+class VizError(UserError):
     """A picture that cannot be drawn as asked: one line naming the argument and what was expected."""
 
 
@@ -84,7 +86,7 @@ def _save(fig, path: Path) -> Path:
     """Write the figure atomically: a picture that fails to render leaves the previous file as it was."""
     import io
 
-    from aiayn.train.checkpoint import write_atomic
+    from aiayn.files import write_atomic
 
     plt = _pyplot()
     buffer = io.BytesIO()

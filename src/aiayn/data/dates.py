@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import datetime
 import random
-import string
 from collections.abc import Callable
 
-__all__ = ["FORMATS", "TASKS", "date_pairs", "format_applies", "format_date", "task_pairs"]
+from aiayn.errors import ConfigError
 
-TASKS = ("dates", "copy", "reverse")
+__all__ = ["FORMATS", "date_pairs", "format_applies", "format_date"]
+
 
 MONTHS = [
     "January", "February", "March", "April", "May", "June",
@@ -54,7 +54,7 @@ def _ordinal_suffix(day: int) -> str:
 def _ordinal_words(day: int) -> str:
     """English ordinal words for 1..31: "first", "twenty-second", "thirtieth"."""
     if not 1 <= day <= 31:
-        raise ValueError(f"day={day} is not in 1..31")
+        raise ConfigError(f"day={day} is not in 1..31")
     if day < 20:
         return _UNIT_ORDINALS[day]
     tens, units = divmod(day, 10)
@@ -93,7 +93,7 @@ def _weekday(d: datetime.date) -> str:
 
 def _yy(d: datetime.date) -> str:
     if not TWO_DIGIT_YEARS[0] <= d.year <= TWO_DIGIT_YEARS[1]:
-        raise ValueError(f"two-digit years are only written for {TWO_DIGIT_YEARS[0]}-{TWO_DIGIT_YEARS[1]}, got {d}")
+        raise ConfigError(f"two-digit years are only written for {TWO_DIGIT_YEARS[0]}-{TWO_DIGIT_YEARS[1]}, got {d}")
     return f"{d.year % 100:02d}"
 
 
@@ -133,7 +133,7 @@ _TWO_DIGIT_FORMATS = frozenset({"us_yy", "us_yy_padded"})
 def format_applies(date: datetime.date, fmt_name: str) -> bool:
     """Whether `fmt_name` may write `date` (two-digit-year formats only for 2000-2049)."""
     if fmt_name not in _FORMATTERS:
-        raise ValueError(f"unknown date format {fmt_name!r}; formats: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown date format {fmt_name!r}; formats: {', '.join(FORMATS)}")
     return fmt_name not in _TWO_DIGIT_FORMATS or TWO_DIGIT_YEARS[0] <= date.year <= TWO_DIGIT_YEARS[1]
 
 
@@ -141,15 +141,15 @@ def format_date(date: datetime.date, fmt_name: str) -> str:
     """`date` written in the format `fmt_name` (one of FORMATS). ValueError for an unknown name, or a two-digit-year
     format asked for a year outside 2000-2049."""
     if fmt_name not in _FORMATTERS:
-        raise ValueError(f"unknown date format {fmt_name!r}; formats: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown date format {fmt_name!r}; formats: {', '.join(FORMATS)}")
     if not 1000 <= date.year <= 9999:
-        raise ValueError(f"dates are written with four-digit years; got {date}")
+        raise ConfigError(f"dates are written with four-digit years; got {date}")
     return _FORMATTERS[fmt_name](date)
 
 
 def _check_count(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
+        raise ConfigError(f"n must be an int >= 0, got {n!r}")
     return n
 
 
@@ -162,9 +162,9 @@ def date_pairs(n: int, seed: int, start_year: int = 1950, end_year: int = 2049) 
     _check_count(n)
     for name, year in (("start_year", start_year), ("end_year", end_year)):
         if isinstance(year, bool) or not isinstance(year, int) or not 1000 <= year <= 9999:
-            raise ValueError(f"{name} must be a four-digit int year, got {year!r}")
+            raise ConfigError(f"{name} must be a four-digit int year, got {year!r}")
     if start_year > end_year:
-        raise ValueError(f"start_year={start_year} is after end_year={end_year}")
+        raise ConfigError(f"start_year={start_year} is after end_year={end_year}")
     rng = random.Random(seed)
     first = datetime.date(start_year, 1, 1).toordinal()
     last = datetime.date(end_year, 12, 31).toordinal()
@@ -178,24 +178,10 @@ def date_pairs(n: int, seed: int, start_year: int = 1950, end_year: int = 2049) 
     return pairs
 
 
-def _letter_pairs(task: str, n: int, rng: random.Random, min_len: int = 3, max_len: int = 8) -> list[tuple[str, str]]:
-    pairs = []
-    for _ in range(n):
-        letters = [rng.choice(string.ascii_lowercase) for _ in range(rng.randint(min_len, max_len))]
-        answer = letters[::-1] if task == "reverse" else letters
-        pairs.append((" ".join(letters), " ".join(answer)))
-    return pairs
+def __getattr__(name: str):
+    """`task_pairs` and `TASKS` moved to aiayn.data.tasks (every built-in task in one module); kept here too."""
+    if name in ("task_pairs", "TASKS"):
+        from aiayn.data import tasks
 
-
-def task_pairs(task: str, n: int, seed: int) -> list[tuple[str, str]]:
-    """n (source, target) text pairs of a built-in task, deterministic by seed.
-
-    "dates": `date_pairs(n, seed)`. "copy" / "reverse": 3-8 random lowercase letters separated by spaces
-    ("q w e r"); the target is the same letters ("copy") or the letters in reverse order ("reverse": "r e w q").
-    """
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not one of {' | '.join(map(repr, TASKS))}")
-    _check_count(n)
-    if task == "dates":
-        return date_pairs(n, seed)
-    return _letter_pairs(task, n, random.Random(seed))
+        return getattr(tasks, name)
+    raise AttributeError(f"module 'aiayn.data.dates' has no attribute {name!r}")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aiayn.config import DataConfig, TokenizerConfig
+from aiayn.config import DataConfig, TaskKind, TokenizerConfig
 from aiayn.data.corpus import TokenCorpus, cache_key
-from aiayn.data.dates import task_pairs
 from aiayn.data.reader import DataError, clean, read_lines, read_parallel, read_tsv
+from aiayn.data.tasks import task_pairs
 from aiayn.tokenizer import Tokenizer, normalize, train_tokenizer, train_tokenizer_from_files
 
 VALID_SEED_OFFSET = 7919  # validation examples of a built-in task come from another seed than training's
@@ -28,7 +28,11 @@ class Prepared:
     train: TokenCorpus
     valid: TokenCorpus | None
     valid_pairs: list[tuple[str, str]]  # (source, reference) texts of the validation set, for BLEU
-    lm: bool
+    task: TaskKind
+
+    @property
+    def lm(self) -> bool:
+        return self.task is TaskKind.TEXT
 
 
 def _task(data: DataConfig, seed: int, split: str) -> list[tuple[str, str]]:
@@ -90,7 +94,7 @@ def get_tokenizer(
 def build_corpus(
     data: DataConfig, split: str, tokenizer: Tokenizer, seed: int, cache: Path, log: Callable[[str], None]
 ) -> TokenCorpus:
-    settings = f"{tokenizer.fingerprint()} {data.max_tokens} {data.max_ratio} {split}"
+    settings = f"{tokenizer.fingerprint()} {data.max_example_tokens} {data.max_ratio} {split}"
     if data.task:
         key = cache_key([], f"{settings} {data.task} {data.task_train_size} {data.task_valid_size} {seed}")
     else:
@@ -105,7 +109,7 @@ def build_corpus(
             _pairs(data, split, seed),
             tokenizer.encode_batch,
             folder,
-            max_tokens=None if split_is_text else data.max_tokens,  # LM text is one stream: no line is too long
+            max_tokens=None if split_is_text else data.max_example_tokens,  # LM text is one stream: no line is too long
             max_ratio=None if split_is_text else (data.max_ratio or None),
             name=name,
         )
@@ -137,11 +141,11 @@ def prepare(
     tokenizer = get_tokenizer(tok, data, seed, run_dir / "tokenizer.json", log)
     cache = run_dir / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    lm = bool(data.train_text)
+    task = data.task_kind
     train = build_corpus(data, "train", tokenizer, seed, cache, log)
     valid = build_corpus(data, "valid", tokenizer, seed, cache, log) if has_split(data, "valid") else None
-    pairs = valid_texts(data, seed, bleu_sentences) if valid is not None and not lm else []
-    return Prepared(tokenizer=tokenizer, train=train, valid=valid, valid_pairs=pairs, lm=lm)
+    pairs = valid_texts(data, seed, bleu_sentences) if valid is not None and task is TaskKind.PAIRS else []
+    return Prepared(tokenizer=tokenizer, train=train, valid=valid, valid_pairs=pairs, task=task)
 
 
 def lm_blocks(stream: np.ndarray, block_size: int, batch_size: int, seed: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from aiayn.errors import DataError
+
 __all__ = ["DataError", "clean", "read_lines", "read_parallel", "read_tsv"]
 
 BOM = b"\xef\xbb\xbf"
@@ -35,10 +37,6 @@ _SIGNATURES = (
     (b"\xff\xfe", "UTF-16 byte order mark: convert it to UTF-8, e.g. with iconv -f UTF-16 -t UTF-8"),
     (b"\xfe\xff", "UTF-16 byte order mark: convert it to UTF-8, e.g. with iconv -f UTF-16 -t UTF-8"),
 )
-
-
-class DataError(ValueError):
-    """A problem with the user's data, in a one-line message that names the file and, where there is one, the line."""
 
 
 def clean(text: str) -> str:

@@ -1,14 +1,24 @@
-"""Built-in generated tasks, deterministic by seed: data that needs no download, for smoke tests and examples.
+"""The built-in generated tasks (`data.task`), deterministic by seed: data that needs no download, for the
+demo, smoke tests and examples. `task_pairs` gives text pairs for training; `symbol_task` gives id tensors for
+scripts that train the model alone (examples/reverse_task.py).
 
+`dates`: dates written the many ways people write them -> ISO dates (aiayn.data.dates).
 `copy`: the target is the source; `reverse`: the target is the source reversed. Both need attention to the
 right source position at every step, so a model that learns them exactly has working masks and positions.
 """
 
 from __future__ import annotations
 
+import random
+import string
+
 import torch
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from aiayn.data.dates import _check_count, date_pairs
+from aiayn.errors import ConfigError
+
+TASKS = ("dates", "copy", "reverse")
 
 FIRST_SYMBOL = UNK_ID + 1  # ids below are the special tokens pad / bos / eos / unk
 
@@ -25,9 +35,9 @@ def symbol_task(
     small models then stop one token early on full-length sequences that end in a repeated symbol.
     """
     if task not in ("copy", "reverse"):
-        raise ValueError(f"task={task!r} is not one of 'copy' | 'reverse'")
+        raise ConfigError(f"task={task!r} is not one of 'copy' | 'reverse'")
     if not 1 <= min_len <= max_len:
-        raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+        raise ConfigError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=generator)
     symbols = torch.randint(FIRST_SYMBOL, FIRST_SYMBOL + n_symbols, (n, max_len), generator=generator)
     positions = torch.arange(max_len)[None, :]  # (1, max_len)
@@ -48,3 +58,26 @@ def symbol_task(
     tgt[:, 1:-1] = answer
     tgt[rows, lengths + 1] = EOS_ID
     return src, tgt
+
+
+def _letter_pairs(task: str, n: int, rng: random.Random, min_len: int = 3, max_len: int = 8) -> list[tuple[str, str]]:
+    pairs = []
+    for _ in range(n):
+        letters = [rng.choice(string.ascii_lowercase) for _ in range(rng.randint(min_len, max_len))]
+        answer = letters[::-1] if task == "reverse" else letters
+        pairs.append((" ".join(letters), " ".join(answer)))
+    return pairs
+
+
+def task_pairs(task: str, n: int, seed: int) -> list[tuple[str, str]]:
+    """n (source, target) text pairs of a built-in task, deterministic by seed.
+
+    "dates": `date_pairs(n, seed)`. "copy" / "reverse": 3-8 random lowercase letters separated by spaces
+    ("q w e r"); the target is the same letters ("copy") or the letters in reverse order ("reverse": "r e w q").
+    """
+    if task not in TASKS:
+        raise ConfigError(f"task={task!r} is not one of {' | '.join(map(repr, TASKS))}")
+    _check_count(n)
+    if task == "dates":
+        return date_pairs(n, seed)
+    return _letter_pairs(task, n, random.Random(seed))

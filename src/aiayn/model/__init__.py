@@ -1,100 +1,35 @@
-"""The Transformer, built from its parts: masks, attention, layers, the encoder-decoder and the LM."""
+"""The Transformer, built from its parts: masks, attention, layers, the encoder-decoder and the LM.
 
-from aiayn.model.attention import (
-    AttentionRecorder,
-    KVCache,
-    MultiHeadAttention,
-    record_attention,
-    scaled_dot_product_attention,
-)
+`build(config)` makes the family `config.arch` names (aiayn.model.registry, the one place that reads it);
+every family implements one of the protocols in aiayn.model.protocols.
+"""
+
+from aiayn.model.attention import MultiHeadAttention, scaled_dot_product_attention
+from aiayn.model.cache import KVCache
+from aiayn.model.kernels import SDPA, Kernels, kernels_of, use_kernels
 from aiayn.model.lm import LanguageModel
+from aiayn.model.protocols import Cache, CausalLM, Seq2SeqModel, Sublayer
+from aiayn.model.recorder import AttentionRecorder, record_attention
+from aiayn.model.registry import FAMILIES, build, family, task_kind
 from aiayn.model.transformer import OutputProjection, Transformer
 
 __all__ = [
-    "AttentionRecorder",
-    "KVCache",
-    "LanguageModel",
-    "MultiHeadAttention",
-    "Transformer",
-    "build_model",
+    "FAMILIES", "SDPA", "AttentionRecorder", "Cache", "CausalLM", "KVCache", "Kernels", "LanguageModel",
+    "MultiHeadAttention", "OutputProjection", "Seq2SeqModel", "Sublayer", "Transformer", "build", "build_model",
     "compile_decoding",
-    "inference_layout",
-    "record_attention",
-    "scaled_dot_product_attention",
-]
+    "family", "inference_layout", "kernels_of", "record_attention", "scaled_dot_product_attention", "task_kind",
+    "use_kernels",
+]  # fmt: skip
+
+build_model = build  # the name before aiayn.model.build; kept for users' scripts
 
 
-def build_model(config):
-    """The model family named by `config.arch`: Transformer ("seq2seq") or LanguageModel ("lm")."""
-    return Transformer(config) if config.arch == "seq2seq" else LanguageModel(config)
+def __getattr__(name: str):
+    """`compile_decoding` and `inference_layout` moved to aiayn.inference.compiled (compile and weight layout
+    are inference's policy, not the model's); these names keep working for users' scripts. A lazy import, so
+    that aiayn.model does not load the inference layer: the one upward import, listed in tests/test_imports.py."""
+    if name in ("compile_decoding", "inference_layout"):
+        from aiayn.inference import compiled
 
-
-def inference_layout(model):
-    """Store every weight matrix of `model`'s linear layers (and the output projection) column-major, in place,
-    for decoding on the CPU; returns the model. Values, shapes and results do not change; only the memory order.
-
-    `F.linear(x, W)` computes x @ W^T. With W (out, in) row-major, as PyTorch creates it, the CPU GEMM reads W^T
-    transposed; with W stored column-major, W^T is an ordinary row-major (in, out) matrix, the order the CPU
-    GEMM streams fastest when x has few rows, as in decoding (one row per sentence and beam). The measurements
-    are in benchmarks/RESULTS.md (decoding). Training is unaffected: `aiayn.load` applies it, the trainer does not.
-    """
-    import torch
-
-    with torch.no_grad():
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            is_matrix = isinstance(weight, torch.nn.Parameter) and weight.dim() == 2 and weight.is_contiguous()
-            if is_matrix and isinstance(module, torch.nn.Linear | OutputProjection):
-                weight.data = weight.data.t().contiguous().t()  # same (out, in) shape, strides (1, out)
-    return model
-
-
-def compile_decoding(model):
-    """Compile the step that decoding repeats, in place, with torch.compile; returns the model.
-
-    That step is `Transformer.decode` (one new token against the cache and the encoder memory) or
-    `LanguageModel.forward` with a cache. At batch 1 a step spends most of its time outside the matrix-vector
-    products: in PyTorch's dispatch of ~15 small operations per layer and in Python. Compiled, each step is one
-    call into generated code: 1.2-1.35x faster at batch 1 on a 2-core CPU (benchmarks/RESULTS.md). The first step of
-    each batch (empty cache: it also projects the encoder memory, or reads the prompt) stays eager, and the
-    decoders size the cache at their length limit up front, so one graph with dynamic shapes (batch, source
-    length, steps so far) serves every later step; batches of one sentence get a second graph. Each costs
-    ~10-20 s of compilation on a 2-core CPU, once per process: worth it for many calls at batch 1 (a service,
-    interactive use), not for one batched file. On the CPU the generated code includes its C++ wrapper (inductor's
-    cpp_wrapper), which removes the per-operation Python. Tokens and scores are the eager ones
-    (tests/test_decoding.py). Calls without a cache (whole-sequence forward passes) and steps taken while
-    `record_attention` is active run eager, so attention is still recorded. Compiling twice is a no-op.
-    """
-    import torch
-
-    from aiayn.model.attention import recording
-
-    seq2seq = isinstance(model, Transformer)
-    eager = model.decode if seq2seq else model.forward
-    if hasattr(eager, "compiled"):
-        return model
-    options = {"cpp_wrapper": True} if next(model.parameters()).device.type == "cpu" else None
-    compiled = torch.compile(eager, dynamic=True, options=options)
-
-    def run(new: torch.Tensor, *rest, cache=None):
-        if cache is None or cache.length == 0 or recording():
-            return eager(new, *rest, cache=cache)
-        # The new tokens arrive as (B, T) views with varying strides (argmax, top-k, gathers): one layout for
-        # all, instead of one compiled graph per layout.
-        return compiled(new.clone(memory_format=torch.contiguous_format), *rest, cache=cache)
-
-    if seq2seq:
-
-        def decode(tgt, memory, src_mask, cache=None):
-            return run(tgt, memory, src_mask, cache=cache)
-
-        decode.compiled = compiled
-        model.decode = decode
-    else:
-
-        def forward(ids, cache=None):
-            return run(ids, cache=cache)
-
-        forward.compiled = compiled
-        model.forward = forward
-    return model
+        return getattr(compiled, name)
+    raise AttributeError(f"module 'aiayn.model' has no attribute {name!r}")

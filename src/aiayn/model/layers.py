@@ -14,19 +14,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from aiayn.config import ModelConfig
+from aiayn.errors import RequestError
+from aiayn.model.kernels import SDPA, Kernels
 
 
 class Dropout(nn.Module):
     """Inverted dropout (paper §5.4): zero each element with probability p, scale the rest by 1 / (1 - p).
 
-    On CPU the keep-mask comes from 16-bit random integers, four from each 64-bit draw of torch's generator, and
-    is applied with one `where`: PyTorch's CPU dropout draws one Bernoulli number per element, and was a fifth
-    of a small model's training step (fwd + bwd of a 4096 x 128 activation: 7.9 ms -> 4.1 ms). p is applied in
-    steps of 1/65536. Other devices use F.dropout.
+    F.dropout, unless the model's runner chose `Kernels(cpu_dropout=True)` (the trainer does on the CPU): then on
+    the CPU the keep-mask comes from 16-bit random integers, four from each 64-bit draw of torch's generator, and
+    is applied with one `where`. PyTorch's CPU dropout draws one Bernoulli number per element, and was a fifth
+    of a small model's training step (fwd + bwd of a 4096 x 128 activation: 7.9 ms -> 4.1 ms). p is then applied
+    in steps of 1/65536.
     """
 
     def __init__(self, p: float) -> None:
         super().__init__()
+        self.kernels: Kernels = SDPA  # set by whoever runs the model (aiayn.model.kernels.use_kernels)
         self.p = p
         self.threshold = round(p * 65536) - 32768  # keep where a uniform int16 is >= this: P(keep) = 1 - p
         self.scale = 1.0 / (1.0 - p) if p < 1 else 0.0
@@ -34,7 +38,7 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or not self.kernels.cpu_dropout:
             return F.dropout(x, self.p, training=True)
         n = x.numel()
         # random_ over the full int64 range: without bounds it leaves the top bit 0, which would bias every
@@ -107,7 +111,7 @@ class LearnedPositionalEmbedding(nn.Module):
 
 def _check_length(needed: int, max_len: int) -> None:
     if needed > max_len:
-        raise ValueError(f"sequence of {needed} positions is longer than the model's max_len={max_len}")
+        raise RequestError(f"sequence of {needed} positions is longer than the model's max_len={max_len}")
 
 
 class InputEmbedding(nn.Module):
@@ -194,5 +198,5 @@ def softmax(logits: torch.Tensor, temperature: float = 1.0, dim: int = -1) -> to
     """The output softmax with a temperature: softmax(logits / T). T < 1 sharpens the distribution, T > 1
     flattens it, T = 1 is the plain softmax. Computed in fp32 (bf16 logits would lose small probabilities)."""
     if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature={temperature} must be a finite number > 0 (use greedy decoding for T = 0)")
+        raise RequestError(f"temperature={temperature} must be a finite number > 0 (use greedy decoding for T = 0)")
     return torch.softmax(logits.float() / temperature, dim=dim)

@@ -7,24 +7,26 @@ Shapes: B batch, T sequence length, D d_model, V vocab.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from aiayn.config import ModelConfig
-from aiayn.model.attention import KVCache
+from aiayn.config import ModelConfig, TaskKind
+from aiayn.model.cache import KVCache
 from aiayn.model.layers import InputEmbedding, TokenEmbedding
-from aiayn.model.transformer import Decoder, OutputProjection, init_linear_weights
+from aiayn.model.transformer import Decoder, OutputProjection, TransformerFamily, init_linear_weights
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(TransformerFamily):
     """Predicts each next token from the ones before it: masked self-attention stacks (n_decoder_layers).
 
     `forward(ids)` returns logits for every position; with a cache, pass only the new tokens at each step.
+    Implements aiayn.model.protocols.CausalLM.
     """
+
+    arch = "lm"
+    task = TaskKind.TEXT
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if config.arch != "lm":
-            raise ValueError(f"LanguageModel needs ModelConfig.arch='lm', got {config.arch!r}; use Transformer")
+        self._check_arch(config)
         self.config = config
         token = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
         self.embed = InputEmbedding(config, token)
@@ -40,7 +42,3 @@ class LanguageModel(nn.Module):
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> the last states (B, T, D), before the pre-softmax Linear (see Transformer.hidden)."""
         return self.decoder(self.embed(ids))
-
-    def new_cache(self, capacity: int = 0) -> KVCache:
-        """An empty KV cache; capacity: the most target steps it will hold, when known (allocated at once)."""
-        return KVCache(self.config.n_decoder_layers, capacity)

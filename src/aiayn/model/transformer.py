@@ -8,10 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aiayn.config import ModelConfig
-from aiayn.model.attention import KVCache, LayerCache, MultiHeadAttention, RotaryEmbedding
+from aiayn.config import ModelConfig, SpecialIds, TaskKind
+from aiayn.errors import ConfigError
+from aiayn.model.attention import MultiHeadAttention, RotaryEmbedding
+from aiayn.model.cache import KVCache, LayerCache
 from aiayn.model.layers import AddNorm, FeedForward, InputEmbedding, TokenEmbedding, make_norm
 from aiayn.model.masks import padding_mask
+from aiayn.model.protocols import Sublayer
 
 
 def make_rotary(config: ModelConfig) -> RotaryEmbedding | None:
@@ -136,17 +139,71 @@ class OutputProjection(nn.Module):
         return nn.functional.linear(x, self.weight, self.bias)
 
 
-class Transformer(nn.Module):
+# The parts `explain` shows, by the class that computes them.
+_SUBLAYER_KINDS = ((InputEmbedding, "embedding"), (MultiHeadAttention, "attention"), (AddNorm, "residual"),
+                   (FeedForward, "ffn"))  # fmt: skip
+
+
+class TransformerFamily(nn.Module):
+    """What the two Transformer families share for the model protocols (aiayn.model.protocols): the special
+    ids, the positions, the pre-softmax Linear, the KV cache and the parts `explain` shows."""
+
+    arch: str
+    task: TaskKind
+    config: ModelConfig
+    output: OutputProjection
+
+    def _check_arch(self, config: ModelConfig) -> None:
+        if config.arch != self.arch:
+            raise ConfigError(
+                f"{type(self).__name__} needs ModelConfig.arch={self.arch!r}, got {config.arch!r}; "
+                "aiayn.model.build(config) picks the family"
+            )
+
+    @property
+    def special_ids(self) -> SpecialIds:
+        return self.config.special_ids
+
+    @property
+    def max_len(self) -> int:
+        return self.config.max_len
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.output.weight
+
+    @property
+    def output_bias(self) -> torch.Tensor | None:
+        return self.output.bias
+
+    def new_cache(self, capacity: int = 0) -> KVCache:
+        """An empty KV cache; capacity: the most target steps it will hold, when known (allocated at once)."""
+        return KVCache(self.config.n_decoder_layers, capacity)
+
+    def sublayers(self) -> list[Sublayer]:
+        """Embeddings, attention, Add & Norm and FFN modules, in the model's order, named as in named_modules()."""
+        found = []
+        for name, module in self.named_modules():
+            kind = next((k for cls, k in _SUBLAYER_KINDS if isinstance(module, cls)), None)
+            if kind is not None:
+                found.append(Sublayer(name, kind, module))
+        return found
+
+
+class Transformer(TransformerFamily):
     """The encoder-decoder Transformer (Figure 1): translation or any sequence-to-sequence task.
 
     `encode` runs once per source; `decode` runs the decoder over the target prefix (all of it in training,
     one new token per step with a KV cache when generating); `forward(src, tgt)` does both and returns logits.
+    Implements aiayn.model.protocols.Seq2SeqModel.
     """
+
+    arch = "seq2seq"
+    task = TaskKind.PAIRS
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if config.arch != "seq2seq":
-            raise ValueError(f"Transformer needs ModelConfig.arch='seq2seq', got {config.arch!r}; use LanguageModel")
+        self._check_arch(config)
         self.config = config
         src_token = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
         tgt_token = (
@@ -194,7 +251,3 @@ class Transformer(nn.Module):
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """src (B, S), tgt (B, T) -> logits (B, T, V)."""
         return self.output(self.hidden(src, tgt))
-
-    def new_cache(self, capacity: int = 0) -> KVCache:
-        """An empty KV cache; capacity: the most target steps it will hold, when known (allocated at once)."""
-        return KVCache(self.config.n_decoder_layers, capacity)

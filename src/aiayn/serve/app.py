@@ -26,6 +26,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiayn.config import DECODE_DEFAULTS as D
+from aiayn.config import DecodeConfig, TaskKind
+from aiayn.errors import UserError
+
 log = logging.getLogger("aiayn.serve")
 
 MAX_BODY = 1 << 20  # bytes
@@ -52,18 +56,24 @@ class _Strict(BaseModel):
 
 class TranslateRequest(_Strict):
     text: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_SENTENCES)]
-    beam: int = Field(4, ge=1, le=MAX_BEAM)
-    alpha: float = Field(0.6, ge=0.0, le=10.0, allow_inf_nan=False)
-    max_len: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    beam: int = Field(D.beam_size, ge=1, le=MAX_BEAM)  # DecodeConfig.beam_size
+    alpha: float = Field(D.alpha, ge=0.0, le=10.0, allow_inf_nan=False)
+    max_len: int | None = Field(D.max_len, ge=1, le=MAX_NEW_TOKENS)
+
+    def decode(self) -> DecodeConfig:
+        return DecodeConfig.of(beam=self.beam, alpha=self.alpha, max_len=self.max_len)
 
 
 class GenerateRequest(_Strict):
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
     max_new_tokens: int = Field(100, ge=0, le=MAX_NEW_TOKENS)
-    temperature: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0, le=100_000)
-    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    temperature: float = Field(D.temperature, ge=0.0, le=10.0, allow_inf_nan=False)
+    top_k: int = Field(D.top_k, ge=0, le=100_000)
+    top_p: float = Field(D.top_p, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(D.seed, ge=0, le=2**63 - 1)
+
+    def decode(self) -> DecodeConfig:
+        return DecodeConfig.of(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
 
 
 class AttentionRequest(_Strict):
@@ -128,7 +138,6 @@ def create_app(pretrained, settings: Settings | None = None):
     settings = settings or Settings()
     app = FastAPI(title="aiayn", docs_url=None, redoc_url=None, openapi_url=None)
     in_flight = threading.BoundedSemaphore(settings.max_in_flight)
-    arch = "lm" if pretrained.is_lm else "seq2seq"
 
     def run(work):
         """Run model work if a slot is free; else 503 at once (see _Busy)."""
@@ -139,6 +148,20 @@ def create_app(pretrained, settings: Settings | None = None):
         finally:
             in_flight.release()
 
+    _add_error_handlers(app, settings)
+    _add_routes(app, pretrained, run)
+    outer = TrustedHostMiddleware(app, allowed_hosts=settings.allowed_hosts)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        outer = CORSMiddleware(outer, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+    return BodyLimit(outer, settings.max_body)
+
+
+def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
+    """422 naming the field for invalid requests, 503 when busy, 400 for the other kind of model, 500 (no
+    details) for anything else."""
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         fields = [
@@ -147,8 +170,8 @@ def create_app(pretrained, settings: Settings | None = None):
         ]
         return JSONResponse({"error": "invalid request", "fields": fields}, status_code=422)
 
-    @app.exception_handler(ValueError)
-    async def bad_value(request: Request, exc: ValueError):
+    @app.exception_handler(UserError)
+    async def bad_value(request: Request, exc: UserError):
         return JSONResponse({"error": "invalid request", "fields": [{"field": "", "message": str(exc)}]}, 422)
 
     @app.exception_handler(_Busy)
@@ -165,6 +188,11 @@ def create_app(pretrained, settings: Settings | None = None):
         log.exception("request failed")  # the server's log has the details; the client gets none
         return JSONResponse({"error": "internal error"}, status_code=500)
 
+
+def _add_routes(app: FastAPI, pretrained, run) -> None:
+    arch = pretrained.model.config.arch  # reported as it is; the routes depend only on the task kind
+    task = pretrained.task
+
     @app.get("/health")
     def health():
         return {"status": "ok", "arch": arch}
@@ -175,22 +203,17 @@ def create_app(pretrained, settings: Settings | None = None):
 
     @app.post("/v1/translate")
     def translate(request: TranslateRequest):
-        if pretrained.is_lm:
+        if task is not TaskKind.PAIRS:
             raise _Unsupported("this model is a language model: use /v1/generate")
         texts = [request.text] if isinstance(request.text, str) else request.text
-        out = run(lambda: pretrained.translate(texts, beam=request.beam, alpha=request.alpha, max_len=request.max_len))
-        return {"translations": out}
+        return {"translations": run(lambda: pretrained.translate(texts, decode=request.decode()))}
 
     @app.post("/v1/generate")
     def generate(request: GenerateRequest):
-        if not pretrained.is_lm:
+        if task is not TaskKind.TEXT:
             raise _Unsupported("this model translates: use /v1/translate")
-        text = run(
-            lambda: pretrained.generate(
-                request.prompt, request.max_new_tokens, request.temperature, request.top_k, request.top_p, request.seed
-            )
-        )
-        return {"text": text}
+        return {"text": run(lambda: pretrained.generate(request.prompt, request.max_new_tokens,
+                                                        decode=request.decode()))}  # fmt: skip
 
     @app.post("/v1/attention")
     def attention(request: AttentionRequest):
@@ -200,20 +223,5 @@ def create_app(pretrained, settings: Settings | None = None):
             for name, w in attn.weights.items()
         }
         c = pretrained.model.config
-        return {
-            "arch": arch,
-            "source": attn.source,
-            "target": attn.target,
-            "output": attn.output,
-            "text": attn.text,
-            "layers": c.n_decoder_layers,
-            "heads": c.n_heads,
-            "weights": weights,
-        }
-
-    outer = TrustedHostMiddleware(app, allowed_hosts=settings.allowed_hosts)
-    if settings.cors_origins:
-        from starlette.middleware.cors import CORSMiddleware
-
-        outer = CORSMiddleware(outer, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
-    return BodyLimit(outer, settings.max_body)
+        return {"arch": arch, "source": attn.source, "target": attn.target, "output": attn.output, "text": attn.text,
+                "layers": c.n_decoder_layers, "heads": c.n_heads, "weights": weights}  # fmt: skip

@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from aiayn.config import ModelConfig
+from aiayn.errors import ModelFolderError
 from aiayn.model import build_model
 from aiayn.train import checkpoint as ckpt
 
@@ -15,7 +16,7 @@ from aiayn.train import checkpoint as ckpt
 def average_checkpoints(folders: list[str], out: str) -> Path:
     """Average the weights of model folders that share one config and tokenizer; write a model folder."""
     if not folders:
-        raise ValueError("--models: give at least one checkpoint folder")
+        raise ModelFolderError("--models: give at least one checkpoint folder")
     paths = [ckpt.resolve_model_dir(f) for f in folders]
     for path in paths:
         ckpt.verify(path)
@@ -25,9 +26,13 @@ def average_checkpoints(folders: list[str], out: str) -> Path:
     for path in paths[1:]:
         other = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
         if other.get("model") != config.get("model"):
-            raise ValueError(f"{path}: its model config differs from {first}'s; only one run's checkpoints average")
+            raise ModelFolderError(
+                f"{path}: its model config differs from {first}'s; only one run's checkpoints average"
+            )
         if (path / "tokenizer.json").read_bytes() != tokenizer_json:
-            raise ValueError(f"{path}: its tokenizer differs from {first}'s; only one run's checkpoints average")
+            raise ModelFolderError(
+                f"{path}: its tokenizer differs from {first}'s; only one run's checkpoints average"
+            )
     model = build_model(ModelConfig.from_dict(config["model"]))
     total = {name: torch.zeros_like(t, dtype=torch.float64) for name, t in model.state_dict().items()}
     for path in paths:

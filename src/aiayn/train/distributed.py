@@ -5,13 +5,16 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single pro
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from aiayn.errors import ConfigError
+
+# Precision policy lives in aiayn.train.precision; these names are kept here for users' scripts.
+from aiayn.train.precision import bf16_matmul_precision_works, cpu_has_bf16, matmul_precision
 
 
 @dataclass
@@ -39,9 +42,9 @@ def setup(device: str = "auto") -> Dist:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+            raise ConfigError("train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'")
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"process LOCAL_RANK={local_rank} needs CUDA device {local_rank}, but this machine has "
                 f"{torch.cuda.device_count()}: start torchrun with --nproc_per_node <= {torch.cuda.device_count()}, "
                 "or use --train.device cpu"
@@ -78,37 +81,5 @@ def teardown(d: Dist) -> None:
     if d.active and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX), which train.matmul_precision='bf16'
-    needs."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-@contextlib.contextmanager
-def matmul_precision(kind: str, device: torch.device) -> Iterator[None]:
-    """Run the block with fp32 matrix multiplications at the given internal precision (see
-    TrainConfig.matmul_precision), and restore the previous setting afterwards."""
-    if kind == "fp32":
-        yield
-        return
-    if kind == "bf16":
-        if device.type != "cpu":
-            raise ValueError("train.matmul_precision='bf16' is for CPUs; on CUDA use 'tf32'")
-        if not cpu_has_bf16():
-            raise ValueError("train.matmul_precision='bf16' needs a CPU with AVX512-BF16 or AMX; use 'fp32'")
-        backend = torch.backends.mkldnn.matmul
-    else:
-        if device.type != "cuda":
-            raise ValueError("train.matmul_precision='tf32' is for CUDA devices; on CPUs use 'bf16'")
-        backend = torch.backends.cuda.matmul
-    from aiayn.model.attention import bf16_matmuls
-
-    previous = backend.fp32_precision
-    backend.fp32_precision = kind
-    bf16_matmuls()  # what code compiled inside the block will see
-    try:
-        yield
-    finally:
-        backend.fp32_precision = previous
-        bf16_matmuls()
+__all__ = ["Dist", "all_ok", "all_sum", "barrier", "bf16_matmul_precision_works", "cpu_has_bf16",
+           "matmul_precision", "setup", "teardown"]  # fmt: skip

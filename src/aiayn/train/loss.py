@@ -8,6 +8,7 @@ never builds the whole (N, V) logits (what the trainer uses). Shapes: N tokens, 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -185,3 +186,20 @@ def linear_label_smoothed_loss(
             hidden, weight, bias, target, keep_mask.to(acc), float(smoothing), rows, low
         )
     return loss, nll, tokens
+
+
+class LossModel(torch.nn.Module):
+    """The model and its training loss as one module, the unit that DDP wraps: forward(*inputs, target) gives the
+    summed (label-smoothed loss, nll) from the model's last hidden states (`hidden`, compiled or not) and its
+    pre-softmax Linear, through `linear_label_smoothed_loss`, so no step holds the whole (tokens, V) logits."""
+
+    def __init__(self, model: torch.nn.Module, hidden: Callable[..., torch.Tensor], smoothing: float,
+                 pad_id: int) -> None:  # fmt: skip
+        super().__init__()
+        self.model, self.hidden, self.smoothing, self.pad_id = model, hidden, smoothing, pad_id
+
+    def forward(self, *inputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = self.model.output_weight, self.model.output_bias
+        loss, nll, _ = linear_label_smoothed_loss(self.hidden(*inputs), weight, bias, target, self.smoothing,
+                                                  self.pad_id)  # fmt: skip
+        return loss, nll

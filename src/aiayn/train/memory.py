@@ -29,3 +29,21 @@ def keep_freed_memory() -> bool:
     if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: its mallopt parameters would mean something else
         return False
     return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
+# glibc's defaults: at most 65,536 mmapped blocks, and a trim threshold of 128 KiB (which glibc then adapts).
+DEFAULT_MMAP_MAX = 65536
+DEFAULT_TRIM_THRESHOLD = 128 * 1024
+
+
+def restore_freed_memory() -> None:
+    """Undo keep_freed_memory: glibc's default mmap and trim settings again (a run restores what it changed)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return
+    if hasattr(libc, "gnu_get_libc_version"):
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)

@@ -55,3 +55,20 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Op
     rest = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=0.0, betas=betas, eps=optim.eps, fused=fused)
+
+
+def optimizer_step(optimizer, scaler, lr: float, params: list[torch.nn.Parameter], clip_norm: float) -> None:
+    """Set the learning rate, unscale (fp16), clip the global gradient norm (when clip_norm > 0), step, zero."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+

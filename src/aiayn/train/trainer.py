@@ -9,6 +9,11 @@ Batch k of an optimizer step: with W processes and A accumulation steps, process
 s is global batch (batches before s) + m * W + r. One process with A = 2 and two processes with A = 1 thus see
 the same batches, and the loss is normalised by the target tokens of all W * A batches of the step.
 
+The trainer keeps the loop (step, accumulation, clipping, schedule, checkpoints, signals, early stop); batches
+come from aiayn.data.loaders, validation from aiayn.train.evaluator, the folder layout from
+aiayn.train.run_folder. It works on a resolved copy of the user's config, starts nothing until `run()`, and
+restores the process-wide settings it changes (threads, malloc, signal handlers, the process group) on return.
+
 Shapes: B batch, S source length, T target length, V vocab.
 """
 
@@ -16,113 +21,64 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import math
-import random
-import shutil
 import signal
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-import yaml
 
-from aiayn.config import PAD_ID, RunConfig
-from aiayn.data.corpus import TokenCorpus, collate, token_batches, token_stream
-from aiayn.data.prepare import Prepared, lm_blocks, prepare
+from aiayn.config import ModelConfig, RunConfig, TaskKind
+from aiayn.data.loaders import text_streams, train_batches
+from aiayn.data.prepare import Prepared, prepare
 from aiayn.data.reader import DataError
-from aiayn.evaluate import translation_scores
-from aiayn.model import build_model
+from aiayn.errors import ConfigError
+from aiayn.files import fault
+from aiayn.model import build, task_kind, use_kernels
+from aiayn.modelfile import load_weights, resolve
 from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed, memory
-from aiayn.train.loss import linear_label_smoothed_loss
-from aiayn.train.optim import learning_rate, make_optimizer
+from aiayn.train.evaluator import Evaluator, loss_pad_id
+from aiayn.train.loss import LossModel
+from aiayn.train.optim import learning_rate, make_optimizer, optimizer_step
+from aiayn.train.precision import autocast, kernels_for, matmul_precision
+from aiayn.train.reproducible import micro_seed, rng_state, set_rng_state
+from aiayn.train.run_folder import ResumeError, RunFolder, config_differences
+from aiayn.train.state import Clock, TrainState
+
+__all__ = ["EXIT_SIGNAL", "LossModel", "ResumeError", "Trainer", "config_differences", "micro_seed", "resolved"]
 
 EXIT_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, as shells report it
 
 
-class ResumeError(ValueError):
-    """A resume that cannot continue (incompatible config or tokenizer); the message lists what differs."""
-
-
-def micro_seed(seed: int, k: int) -> int:
-    """The dropout seed of global batch k: independent streams for every (seed, k)."""
-    return int(np.random.SeedSequence([seed, k]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    key = state["numpy"]["key"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", key, state["numpy"]["pos"], 0, 0.0))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """'model.d_model: 64 in the checkpoint, 128 now' for every model key that differs."""
-    keys = sorted(set(old) | set(new))
-    return [
-        f"model.{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
-    ]
-
-
-class LossModel(torch.nn.Module):
-    """The model and its training loss as one module, the unit that DDP wraps: forward(*inputs, target) gives the
-    summed (label-smoothed loss, nll) from the model's last hidden states (`hidden`, compiled or not) and its
-    pre-softmax Linear, through `linear_label_smoothed_loss`, so no step holds the whole (tokens, V) logits."""
-
-    def __init__(self, model: torch.nn.Module, hidden: Callable[..., torch.Tensor], smoothing: float) -> None:
-        super().__init__()
-        self.model = model
-        self.hidden = hidden
-        self.smoothing = smoothing
-
-    def forward(self, *inputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.output
-        loss, nll, _ = linear_label_smoothed_loss(
-            self.hidden(*inputs), out.weight, out.bias, target, self.smoothing, PAD_ID
-        )
-        return loss, nll
+def resolved(config: RunConfig) -> RunConfig:
+    """A copy of `config` the run may complete (vocabulary size, tokenizer path) without touching the user's."""
+    return RunConfig.from_dict(config.to_dict())
 
 
 class Trainer:
-    """Wires data, model, optimizer, schedule, evaluation and checkpoints for one run folder."""
+    """One training run into one run folder. `Trainer(config).run()` returns the process exit code.
 
-    def __init__(
-        self,
-        config: RunConfig,
-        resume: str = "none",
-        log: Callable[[str], None] | None = None,
-        init_from: str | None = None,
-    ):
-        self.config = config
+    After `run()`: `model` (the plain module, trained), `state` (TrainState), `data` (the prepared data),
+    `evaluator`, `folder` (RunFolder) and `config` (the resolved copy actually run).
+    """
+
+    def __init__(self, config: RunConfig, resume: str = "none", log: Callable[[str], None] | None = None,
+                 init_from: str | None = None):  # fmt: skip
+        self.config = resolved(config)
         self.resume = resume
         self.init_from = init_from  # a model folder whose weights start a new run (fine-tuning); fresh optimizer
-        self.dist = distributed.setup(config.train.device)
-        self.run_dir = Path(config.train.out_dir)
-        self.ckpt_root = self.run_dir / "checkpoints"
+        self.folder = RunFolder(self.config.train.out_dir)
+        self.state = TrainState()
+        self.stop_signal: int | None = None
         self._print = log or functools.partial(print, flush=True)  # a log file sees each line as it happens
         self._bar = None  # the progress bar while the loop runs: messages go through it so they don't tear it
-        self.stop_signal: int | None = None
+        self.dist = distributed.Dist()
 
-    # ----------------------------------------------------------------------------------------------- logging
+    @property
+    def run_dir(self) -> Path:
+        return self.folder.root
+
     def log(self, message: str) -> None:
         if not self.dist.is_main:
             return
@@ -131,455 +87,312 @@ class Trainer:
         else:
             self._print(message)
 
-    def _metrics(self, entry: dict[str, Any]) -> None:
-        if self.dist.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
+    def run(self) -> int:
+        """Train to train.max_steps (or early stop, or a signal). Returns the process exit code."""
+        with self._process(), matmul_precision(self.config.train.matmul_precision, self.dist.device):
+            self._setup()  # a matmul precision this machine would ignore is refused before any data is read
+            return self._loop()
+
+    @contextlib.contextmanager
+    def _process(self) -> Iterator[None]:
+        """Process-wide settings for the run (torchrun's process group, threads, malloc, signal handlers), put
+        back as they were when it returns."""
+        threads = torch.get_num_threads()
+        handlers = {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}
+        kept_memory = False
+        self.dist = distributed.setup(self.config.train.device)
+        try:
+            if self.config.train.threads:
+                torch.set_num_threads(self.config.train.threads)
+            if self.dist.device.type == "cpu":  # no page faults for the step's large tensors (aiayn.train.memory)
+                kept_memory = memory.keep_freed_memory()
+            for sig in EXIT_SIGNAL:  # finish the step, save, exit: see _loop
+                signal.signal(sig, self._on_signal)
+            yield
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            torch.set_num_threads(threads)
+            if kept_memory:
+                memory.restore_freed_memory()
+            distributed.teardown(self.dist)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _prepare_data(self) -> Prepared:
         """Rank 0 trains the tokenizer and builds the caches; the others then open them."""
-        cfg = self.config
-        prepared: Prepared | None = None
-        error: Exception | None = None
+        cfg, prepared, error = self.config, None, None
+        args = (cfg.data, cfg.tokenizer, cfg.train.seed, self.run_dir, cfg.train.eval_bleu_sentences)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             try:
-                prepared = prepare(
-                    cfg.data, cfg.tokenizer, cfg.train.seed, self.run_dir, cfg.train.eval_bleu_sentences, self.log
-                )
+                prepared = prepare(*args, self.log)
             except (DataError, ValueError) as e:
                 error = e
         if not distributed.all_ok(error is None, self.dist):
             if error is not None:
                 raise error
             raise SystemExit(2)  # rank 0 reports the data error
-        if prepared is None:
-            prepared = prepare(
-                cfg.data, cfg.tokenizer, cfg.train.seed, self.run_dir, cfg.train.eval_bleu_sentences, lambda _: None
-            )
-        return prepared
+        return prepared if prepared is not None else prepare(*args, lambda _: None)
 
-    def _find_resume(self) -> Path | None:
-        if self.resume == "none":
-            if ckpt.list_checkpoints(self.ckpt_root):
-                raise ResumeError(
-                    f"{self.run_dir} already holds checkpoints: continue it with --resume auto, "
-                    f"or choose another --train.out_dir"
-                )
-            return None
-        if self.resume == "auto":
-            removed = ckpt.remove_stale(self.ckpt_root) if self.dist.is_main else []
-            for path in removed:
-                self.log(f"removed the unfinished checkpoint write {path}")
-            distributed.barrier(self.dist)
-            return ckpt.latest_valid(self.ckpt_root, self.log)
-        path = Path(self.resume)
-        ckpt.verify(path, need_state=True)  # an explicit path that is corrupt is an error, not a fallback
-        return path
-
-    def _check_compatible(self, path: Path, tokenizer_fingerprint: str) -> None:
-        saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-        problems = config_differences(saved.get("model", {}), self.config.model.to_dict())
-        from aiayn.tokenizer import Tokenizer
-
-        old = Tokenizer.load(path / "tokenizer.json").fingerprint()
-        if old != tokenizer_fingerprint:
-            problems.append(f"tokenizer: fingerprint {old[:12]} in the checkpoint, {tokenizer_fingerprint[:12]} now")
-        if problems:
-            raise ResumeError(f"cannot resume from {path}: the run differs: " + "; ".join(problems))
-
-    # ----------------------------------------------------------------------------------------------- batches
-    def _seq2seq_batches(self, corpus: TokenCorpus, epoch: int) -> list[np.ndarray]:
-        if self._epoch_cache[0] != epoch:
-            batches = token_batches(
-                corpus.src_lengths, corpus.tgt_lengths, self.config.train.max_tokens, self.config.train.seed, epoch
-            )
-            self._epoch_cache = (epoch, batches)
-        return self._epoch_cache[1]
-
-    def _batch(self, k: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """Global batch k: (model inputs, target). A language model reads (ids,); seq2seq (src, tgt[:-1])."""
-        train = self.config.train
-        if self.data.lm:
-            x, y = lm_blocks(self.train_stream, train.block_size, train.batch_size, train.seed, k)
-            x = torch.from_numpy(x.astype(np.int64)).to(self.dist.device)  # (B, block)
-            y = torch.from_numpy(y.astype(np.int64)).to(self.dist.device)  # (B, block)
-            return (x,), y
-        n = self.n_batches
-        indices = self._seq2seq_batches(self.data.train, k // n)[k % n]
-        src, tgt = collate(self.data.train, indices, self.dist.device)  # (B, S), (B, T + 2)
-        return (src, tgt[:, :-1]), tgt[:, 1:]  # teacher forcing: predict token t + 1 from tokens <= t
-
-    def _tokens_of(self, k: int) -> int:
-        if self.data.lm:
-            return self.config.train.batch_size * self.config.train.block_size
-        indices = self._seq2seq_batches(self.data.train, k // self.n_batches)[k % self.n_batches]
-        return int(self.data.train.tgt_lengths[indices].sum()) + len(indices)  # answer tokens + EOS
-
-    # ----------------------------------------------------------------------------------------------- run
-    def run(self) -> int:
-        """Train to train.max_steps (or early stop, or a signal). Returns the process exit code."""
+    def _resolve_model(self, data: Prepared) -> None:
+        """Complete the resolved config from the data: the vocabulary size, and a family for the task kind."""
         cfg = self.config
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        if self.dist.device.type == "cpu":
-            memory.keep_freed_memory()  # no page faults for the step's large tensors (see aiayn.train.memory)
+        cfg.model = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": data.tokenizer.vocab_size})
+        if cfg.model.special_ids != data.tokenizer.special_ids:
+            ids = data.tokenizer.special_ids
+            raise ConfigError(
+                f"model.pad_id/bos_id/eos_id/unk_id = {cfg.model.pad_id}/{cfg.model.bos_id}/{cfg.model.eos_id}/"
+                f"{cfg.model.unk_id}, but the tokenizer's are {ids.pad}/{ids.bos}/{ids.eos}/{ids.unk}: leave them out"
+            )
+        family_task = task_kind(cfg.model)
+        if family_task is TaskKind.TEXT and data.task is TaskKind.PAIRS:
+            raise ConfigError("model.arch='lm' needs data.train_text (plain text); parallel data trains 'seq2seq'")
+        if family_task is TaskKind.PAIRS and data.task is TaskKind.TEXT:
+            raise ConfigError(
+                f"data.train_text is plain text, which trains a language model, but model.arch={cfg.model.arch!r} "
+                "learns from pairs of texts: set model.arch: lm (--model.arch lm), or give parallel data"
+            )
+
+    def _setup(self) -> None:
+        cfg, d = self.config, self.dist
         if self.init_from and not cfg.tokenizer.path:  # fine-tuning keeps the token ids the weights were trained on
-            cfg.tokenizer.path = str(ckpt.resolve_model_dir(self.init_from) / "tokenizer.json")
+            cfg.tokenizer.path = str(resolve(self.init_from) / "tokenizer.json")
         self.data = self._prepare_data()
-        cfg.model.vocab_size = self.data.tokenizer.vocab_size
-        cfg.model.arch = "lm" if self.data.lm else cfg.model.arch
-        if cfg.model.arch == "lm" and not self.data.lm:
-            raise ValueError("model.arch='lm' needs data.train_text (plain text); parallel data trains 'seq2seq'")
-        resume_from = self._find_resume()
+        self._resolve_model(self.data)
+        resume_from = self.folder.find_resume(self.resume, self.log, d.is_main, lambda: distributed.barrier(d))
         if resume_from is not None:
-            self._check_compatible(resume_from, self.data.tokenizer.fingerprint())
-
-        self.train_stream = None
-        self.valid_stream = None
-        if self.data.lm:
-            stream = token_stream(self.data.train)
-            if self.data.valid is not None:
-                self.valid_stream = token_stream(self.data.valid)
-            elif cfg.data.valid_fraction > 0:  # nanoGPT: the last 10% of the text validates
-                cut = int(len(stream) * (1 - cfg.data.valid_fraction))
-                stream, self.valid_stream = stream[:cut], stream[cut:]
-            self.train_stream = stream
-            self.n_batches = 0
+            self.folder.check_compatible(resume_from, cfg.model.to_dict(), self.data.tokenizer.fingerprint())
+        self.task = self.data.task
+        if self.task is TaskKind.TEXT:
+            train, valid = text_streams(self.data.train, self.data.valid, cfg.data.valid_fraction)
         else:
-            self._epoch_cache: tuple[int, list[np.ndarray]] = (-1, [])
-            self.n_batches = len(self._seq2seq_batches(self.data.train, 0))
-
+            train, valid = self.data.train, self.data.valid
         torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg.model).to(self.dist.device)  # the plain module: saved without wrappers
+        self.model = build(cfg.model).to(d.device)  # the plain module: saved without wrappers
+        use_kernels(self.model, kernels_for(d.device, cfg.train.precision, cfg.train.matmul_precision))
+        self.batches = train_batches(self.task, train, cfg.train, d.device, cfg.model.special_ids)
+        self.evaluator = Evaluator(self.model, self.task, valid, self.data.valid_pairs, self.data.tokenizer,
+                                   cfg.train, cfg.optim.label_smoothing, d.device, self._autocast)  # fmt: skip
         self.log(
             f"model: {cfg.model.arch}, {sum(p.numel() for p in self.model.parameters()):,} parameters; "
-            f"device {self.dist.device}, {self.dist.world_size} process(es), precision {cfg.train.precision}"
+            f"device {d.device}, {d.world_size} process(es), precision {cfg.train.precision}"
         )
+        self._setup_optimizer()
+        self._start_from(resume_from)
+        self.forward_model = self._forward_model()
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.config
         self.optimizer = make_optimizer(self.model, cfg.optim)
         use_scaler = cfg.train.precision == "fp16"
         if use_scaler and self.dist.device.type != "cuda":
-            raise ValueError("train.precision='fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'")
+            raise ConfigError("train.precision='fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'")
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.state: dict[str, Any] = {
-            "step": 0,
-            "batches_done": 0,
-            "tokens": 0,
-            "interval": [0.0, 0.0, 0],
-            "best": None,
-            "best_step": None,
-            "bad_evals": 0,
-            "seconds": 0.0,  # wall time of the run so far, resumed runs included
-        }
 
+    def _start_from(self, resume_from: Path | None) -> None:
+        """Resume, or start fresh (from init_from's weights when given); then write the run's config and tokenizer."""
         if resume_from is not None:
             self._load(resume_from)
         else:
             if self.init_from:
-                source = ckpt.resolve_model_dir(self.init_from)
+                source = resolve(self.init_from)
                 ckpt.verify(source)
-                ckpt.load_weights(self.model, source)
+                load_weights(self.model, source)
                 self.log(f"weights from {source}; new optimizer and schedule")
             if self.dist.is_main:
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                self.folder.metrics.unlink(missing_ok=True)
         if self.dist.is_main:
-            self._write_run_config()
+            self.folder.write_config(self.config.to_dict())
             if not (self.run_dir / "tokenizer.json").exists():  # a tokenizer given by path: the run keeps a copy
                 self.data.tokenizer.save(self.run_dir / "tokenizer.json")
         self.tokenizer_json = (self.run_dir / "tokenizer.json").read_bytes() if self.dist.is_main else b""
 
+    def _forward_model(self) -> torch.nn.Module:
+        """The model and its loss (LossModel), compiled when asked, wrapped in DDP for several processes."""
+        cfg = self.config
         hidden = self.model.hidden
         if cfg.train.compile:
-            # Seq2seq batches change both lengths at every step: compiled for static shapes, each new (S, T) pair
+            # Pair batches change both lengths at every step: compiled for static shapes, each new (S, T) pair
             # would recompile (on an H100 the first 300 Multi30k steps ran at 3-58k tokens/s against 135k eager).
-            # Language-model batches are all (batch_size, block_size): static shapes, the fastest kernels.
+            # Text batches are all (batch_size, block_size): static shapes, the fastest kernels.
             # On the CPU, inductor's C++ wrapper calls the generated kernels without the per-operation Python of
             # its default wrapper: a Shakespeare step took 17.2 ms with the Python wrapper, 15.6 with this one.
             options = {"cpp_wrapper": True} if self.dist.device.type == "cpu" else None
-            hidden = torch.compile(hidden, dynamic=cfg.model.arch == "seq2seq", options=options)
-        forward_model: torch.nn.Module = LossModel(self.model, hidden, cfg.optim.label_smoothing)
+            hidden = torch.compile(hidden, dynamic=self.task is TaskKind.PAIRS, options=options)
+        pad = loss_pad_id(self.task, self.model)
+        forward_model: torch.nn.Module = LossModel(self.model, hidden, cfg.optim.label_smoothing, pad)
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
             forward_model = DistributedDataParallel(forward_model)
-        self.forward_model = forward_model
-        with distributed.matmul_precision(cfg.train.matmul_precision, self.dist.device):
-            return self._loop()
-
-    def _write_run_config(self) -> None:
-        text = yaml.safe_dump(self.config.to_dict(), sort_keys=False, allow_unicode=True)
-        ckpt.write_atomic(self.run_dir / "config.yaml", text.encode())
+        return forward_model
 
     def _load(self, path: Path) -> None:
-        ckpt.load_weights(self.model, path)
+        load_weights(self.model, path)
         state = ckpt.load_trainer_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        self.state = state["trainer"]
-        step = self.state["step"]
-        self.log(f"resumed from {path} at step {step}")
+        set_rng_state(state["rng"])
+        self.state = TrainState.from_dict(state["trainer"])
+        self.log(f"resumed from {path} at step {self.state.step}")
         if self.dist.is_main:  # the log reads as one uninterrupted run: drop entries written after this checkpoint
-            metrics = self.run_dir / "metrics.jsonl"
-            if metrics.exists():
-                kept = [
-                    ln
-                    for ln in metrics.read_text(encoding="utf-8").splitlines(keepends=True)
-                    if ln.strip() and json.loads(ln)["step"] <= step
-                ]
-                ckpt.write_atomic(metrics, "".join(kept).encode())
+            self.folder.truncate_metrics(self.state.step)
 
     def _autocast(self):
-        precision = self.config.train.precision
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(self.dist.device.type, dtype=dtype)
+        return autocast(self.config.train.precision, self.dist.device)
 
-    def _install_signals(self) -> None:
-        def handler(signum, frame):  # finish the step, save, exit: see _loop
-            self.stop_signal = signum
-
-        for sig in EXIT_SIGNAL:
-            signal.signal(sig, handler)
-
+    # ----------------------------------------------------------------------------------------------- the loop
     def _loop(self) -> int:
         from tqdm import tqdm
 
-        cfg, train, d = self.config, self.config.train, self.dist
-        self._install_signals()
-        per_step = d.world_size * train.grad_accum
-        bar = tqdm(
-            total=train.max_steps,
-            initial=self.state["step"],
-            disable=not (d.is_main and sys.stderr.isatty()),
-            dynamic_ncols=True,
-            leave=False,
-        )
-        self._bar = bar
-        interval_start = run_start = time.perf_counter()
-        seconds_before = self.state["seconds"]
-        exit_code = 0
+        train = self.config.train
+        self._bar = bar = tqdm(total=train.max_steps, initial=self.state.step, dynamic_ncols=True, leave=False,
+                               disable=not (self.dist.is_main and sys.stderr.isatty()))  # fmt: skip
+        clock = Clock(self.state.seconds)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        while self.state["step"] < train.max_steps:
-            step = self.state["step"] + 1
-            first = self.state["batches_done"]
-            total_tokens = sum(self._tokens_of(first + j) for j in range(per_step))
-            self.model.train()
-            loss_sum = torch.zeros((), device=d.device)
-            nll_sum = torch.zeros((), device=d.device)
-            for m in range(train.grad_accum):
-                k = first + m * d.world_size + d.rank
-                inputs, target = self._batch(k)
-                sync = m == train.grad_accum - 1 or not d.active
-                with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self._autocast():
-                    torch.manual_seed(micro_seed(train.seed, k))
-                    loss, nll = self.forward_model(*inputs, target=target)
-                    # DDP averages gradients over processes; scaling by W makes the result sum / all tokens.
-                    scaled = loss * (d.world_size / max(total_tokens, 1))
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                loss_sum += loss.detach()
-                nll_sum += nll
-                if m == 0:
-                    ckpt.fault(f"step:{step}")  # tests: a kill in the middle of a step (mid accumulation)
-            lr = learning_rate(step, cfg.optim, cfg.model.d_model, train.max_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            if cfg.optim.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_norm)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        exit_code = 0
+        try:
+            while self.state.step < train.max_steps:
+                step = self.state.step + 1
+                lr = self._step(step, params)
+                self.state.seconds = clock.seconds()
+                time_up = self._agree(0 < train.max_minutes * 60 <= self.state.seconds)  # all stop at one step
+                last = step == train.max_steps or time_up
+                bar.update(1)
+                if step % train.log_every == 0 or last:
+                    self._log_interval(step, lr, clock)
+                stop_early = improved = False
+                if self.evaluator.has_valid and (step % train.eval_every == 0 or last):
+                    stop_early, improved = self._evaluate(step)
+                interrupted = self._agree(self.stop_signal is not None)
+                if step % train.save_every == 0 or last or stop_early or interrupted or improved:
+                    self._save(step)
+                fault(f"after_step:{step}")
+                exit_code = self._stop(step, interrupted, time_up, stop_early)
+                if exit_code is not None:
+                    break
+        finally:
+            bar.close()
+            self._bar = None
+        return exit_code or 0
 
-            step_loss, step_nll = distributed.all_sum([loss_sum.item(), nll_sum.item()], d)
-            self.state["step"] = step
-            self.state["batches_done"] = first + per_step
-            self.state["tokens"] += total_tokens
-            iv = self.state["interval"]
-            self.state["interval"] = [iv[0] + step_loss, iv[1] + step_nll, iv[2] + total_tokens]
-            self.state["seconds"] = seconds_before + time.perf_counter() - run_start
-            time_up = 0 < train.max_minutes * 60 <= self.state["seconds"]
-            if d.active:  # every process stops at the same step
-                time_up = not distributed.all_ok(not time_up, d)
-            last = step == train.max_steps or time_up
-            bar.update(1)
-            if step % train.log_every == 0 or last:
-                elapsed = time.perf_counter() - interval_start
-                loss_v, nll_v, tokens_v = self.state["interval"]
-                entry = {
-                    "step": step,
-                    "loss": loss_v / max(tokens_v, 1),
-                    "nll": nll_v / max(tokens_v, 1),
-                    "lr": lr,
-                    "tokens": self.state["tokens"],
-                    "tokens_per_s": tokens_v / max(elapsed, 1e-9),
-                    "seconds": round(self.state["seconds"], 3),
-                }
-                self._metrics(entry)
-                self.log(f"step {step:>7}  loss {entry['loss']:.4f}  lr {lr:.3e}  {entry['tokens_per_s']:,.0f} tok/s")
-                bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{entry['tokens_per_s']:,.0f}")
-                self.state["interval"] = [0.0, 0.0, 0]
-                interval_start = time.perf_counter()
+    def _agree(self, flag: bool) -> bool:
+        """True on every process when it is True on any (so that all stop at the same step)."""
+        return not distributed.all_ok(not flag, self.dist) if self.dist.active else flag
 
-            stop_early = improved = False
-            if self._has_valid() and (step % train.eval_every == 0 or last):
-                stop_early, improved = self._evaluate(step)
-            interrupted = self.stop_signal is not None
-            if d.active:
-                interrupted = not distributed.all_ok(not interrupted, d)
-            if step % train.save_every == 0 or last or stop_early or interrupted or improved:
-                self._save(step)
-            ckpt.fault(f"after_step:{step}")
-            if interrupted:
-                self.log(
-                    f"stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name} after step {step}; "
-                    f"saved; continue with --resume auto"
-                )
-                exit_code = EXIT_SIGNAL.get(self.stop_signal or signal.SIGTERM, 143)
-                break
-            if time_up:
-                self.log(f"stopped after step {step}: train.max_minutes={train.max_minutes} reached")
-                break
-            if stop_early:
-                self.log(
-                    f"early stop at step {step}: no better validation {train.best_metric} in "
-                    f"{train.patience} evaluations (best at step {self.state['best_step']})"
-                )
-                break
-        bar.close()
-        self._bar = None
-        distributed.teardown(d)
-        return exit_code
+    def _step(self, step: int, params: list[torch.nn.Parameter]) -> float:
+        """One optimizer step over world_size x grad_accum global batches; returns its learning rate."""
+        cfg, train, d = self.config, self.config.train, self.dist
+        first = self.state.batches_done
+        per_step = d.world_size * train.grad_accum
+        total_tokens = sum(self.batches.tokens(first + j) for j in range(per_step))
+        self.model.train()
+        loss_sum = torch.zeros((), device=d.device)
+        nll_sum = torch.zeros((), device=d.device)
+        for m in range(train.grad_accum):
+            k = first + m * d.world_size + d.rank
+            inputs, target = self.batches.batch(k)
+            sync = m == train.grad_accum - 1 or not d.active
+            with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self._autocast():
+                torch.manual_seed(micro_seed(train.seed, k))
+                loss, nll = self.forward_model(*inputs, target=target)
+                # DDP averages gradients over processes; scaling by W makes the result sum / all tokens.
+                scaled = loss * (d.world_size / max(total_tokens, 1))
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach()
+            nll_sum += nll
+            if m == 0:
+                fault(f"step:{step}")  # tests: a kill in the middle of a step (mid accumulation)
+        lr = learning_rate(step, cfg.optim, cfg.model.d_model, train.max_steps)
+        optimizer_step(self.optimizer, self.scaler, lr, params, cfg.optim.clip_norm)
+        step_loss, step_nll = distributed.all_sum([loss_sum.item(), nll_sum.item()], d)
+        self.state.step, self.state.batches_done = step, first + per_step
+        self.state.tokens += total_tokens
+        self.state.interval.add(step_loss, step_nll, total_tokens)
+        return lr
+
+    def _log_interval(self, step: int, lr: float, clock: Clock) -> None:
+        iv = self.state.interval
+        entry = {
+            "step": step,
+            "loss": iv.loss / max(iv.tokens, 1),
+            "nll": iv.nll / max(iv.tokens, 1),
+            "lr": lr,
+            "tokens": self.state.tokens,
+            "tokens_per_s": iv.tokens / max(clock.interval(), 1e-9),
+            "seconds": round(self.state.seconds, 3),
+        }
+        if self.dist.is_main:
+            self.folder.append_metrics(entry)
+        self.log(f"step {step:>7}  loss {entry['loss']:.4f}  lr {lr:.3e}  {entry['tokens_per_s']:,.0f} tok/s")
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{entry['tokens_per_s']:,.0f}")
+        self.state.interval = type(iv)()
+        clock.start_interval()
+
+    def _stop(self, step: int, interrupted: bool, time_up: bool, stop_early: bool) -> int | None:
+        """The exit code when the run stops after this step (with the line saying why), else None."""
+        train = self.config.train
+        if interrupted:
+            sig = signal.Signals(self.stop_signal or signal.SIGTERM)
+            self.log(f"stopped by {sig.name} after step {step}; saved; continue with --resume auto")
+            return EXIT_SIGNAL.get(sig, 143)
+        if time_up:
+            self.log(f"stopped after step {step}: train.max_minutes={train.max_minutes} reached")
+            return 0
+        if stop_early:
+            self.log(
+                f"early stop at step {step}: no better validation {train.best_metric} in "
+                f"{train.patience} evaluations (best at step {self.state.best_step})"
+            )
+            return 0
+        return None
 
     # ----------------------------------------------------------------------------------------------- eval/save
-    def _has_valid(self) -> bool:
-        return (self.valid_stream is not None) if self.data.lm else self.data.valid is not None
-
-    def _loss(self, hidden: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        out = self.model.output
-        return linear_label_smoothed_loss(
-            hidden, out.weight, out.bias, target, self.config.optim.label_smoothing, PAD_ID
-        )
-
-    @torch.no_grad()
     def validation_loss(self) -> tuple[float, float, int]:
         """(label-smoothed loss, nll, tokens) per token over the whole validation set, without dropout."""
-        self.model.eval()
-        cfg = self.config
-        loss_sum = nll_sum = 0.0
-        tokens = 0
-        if self.data.lm:
-            block = cfg.train.block_size
-            stream = self.valid_stream
-            n_blocks = (len(stream) - 1) // block
-            # Batches of train.max_tokens (at least batch_size rows): fewer, larger forward passes than training's
-            # batches, for the same sums (shakespeare-char.yaml, under cProfile: 1.16 s with 12 rows, 0.8 s with 64).
-            rows_per_batch = max(cfg.train.batch_size, cfg.train.max_tokens // block)
-            for start in range(0, n_blocks, rows_per_batch):  # every token of the text, in order
-                rows = np.arange(start, min(start + rows_per_batch, n_blocks)) * block
-                windows = stream[rows[:, None] + np.arange(block + 1)[None, :]].astype(np.int64)  # (B, block + 1)
-                batch = torch.from_numpy(windows).to(self.dist.device)
-                with self._autocast():
-                    loss, nll, n = self._loss(self.model.hidden(batch[:, :-1]), batch[:, 1:])
-                loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
-        else:
-            valid = self.data.valid
-            for indices in token_batches(valid.src_lengths, valid.tgt_lengths, cfg.train.max_tokens, 0, 0):
-                src, tgt = collate(valid, indices, self.dist.device)
-                with self._autocast():
-                    loss, nll, n = self._loss(self.model.hidden(src, tgt[:, :-1]), tgt[:, 1:])
-                loss_sum, nll_sum, tokens = loss_sum + loss.item(), nll_sum + nll.item(), tokens + n
-        return loss_sum / max(tokens, 1), nll_sum / max(tokens, 1), tokens
+        sums = self.evaluator.validation_loss()
+        return sums.mean_loss, sums.mean_nll, sums.tokens
 
-    @torch.no_grad()
     def translate(self, sources: list[str]) -> list[str]:
-        """Greedy translations of `sources` (validation BLEU, the demo), by the batched decoder that `aiayn
-        translate` uses, under the run's autocast."""
-        from aiayn.inference import Pretrained
-
-        self.model.eval()
-        model = Pretrained(self.model, self.data.tokenizer, {"model": self.config.model.to_dict()}, self.run_dir)
-        with self._autocast():
-            return model.translate(sources, beam=1, batch_tokens=max(self.config.train.max_tokens, 1))
+        """Greedy translations of `sources` by the model being trained, under the run's autocast."""
+        return self.evaluator.translate(sources)
 
     def _evaluate(self, step: int) -> tuple[bool, bool]:
-        """Validation loss (+ BLEU and chrF for seq2seq) on rank 0; updates `best`. Returns (stop early, improved)."""
-        cfg = self.config
+        """Validation on rank 0 (loss, + BLEU and chrF for pairs); updates `best`. Returns (stop early, improved)."""
+        train = self.config.train
         stop = better = False
         if self.dist.is_main:
-            loss, nll, tokens = self.validation_loss()
-            entry: dict[str, Any] = {
-                "step": step,
-                "split": "valid",
-                "seconds": round(self.state["seconds"], 3),
-                "loss": loss,
-                "nll": nll,
-                "ppl": math.exp(min(nll, 50)),
-                "tokens": tokens,
-            }
-            if self.data.valid_pairs:
-                sources = [s for s, _ in self.data.valid_pairs]
-                refs = [r for _, r in self.data.valid_pairs]
-                entry.update(translation_scores(self.translate(sources), refs))
-            self._metrics(entry)
+            entry = self.evaluator.evaluate(step, self.state.seconds)
+            self.folder.append_metrics(entry)
             extra = f"  BLEU {entry['bleu']:.2f}  chrF {entry['chrf']:.2f}" if "bleu" in entry else ""
-            self.log(f"valid at step {step}: loss {loss:.4f}  nll {nll:.4f}  ppl {entry['ppl']:.2f}{extra}")
-            value = entry["bleu"] if cfg.train.best_metric == "bleu" and "bleu" in entry else nll
-            better = self.state["best"] is None or (
-                value > self.state["best"]
-                if cfg.train.best_metric == "bleu" and "bleu" in entry
-                else value < self.state["best"]
-            )
+            self.log(f"valid at step {step}: loss {entry['loss']:.4f}  nll {entry['nll']:.4f}  "
+                     f"ppl {entry['ppl']:.2f}{extra}")  # fmt: skip
+            by_bleu = train.best_metric == "bleu" and "bleu" in entry
+            value = entry["bleu"] if by_bleu else entry["nll"]
+            better = self.state.improved(value, higher_is_better=by_bleu)
             if better:
-                self.state.update(best=value, best_step=step, bad_evals=0)
+                self.state.best, self.state.best_step, self.state.bad_evals = value, step, 0
             else:
-                self.state["bad_evals"] += 1
-                stop = cfg.train.patience > 0 and self.state["bad_evals"] >= cfg.train.patience
-        stop = not distributed.all_ok(not stop, self.dist)
-        return stop, not distributed.all_ok(not better, self.dist)
+                self.state.bad_evals += 1
+                stop = train.patience > 0 and self.state.bad_evals >= train.patience
+        return self._agree(stop), self._agree(better)
 
     def _save(self, step: int) -> None:
         """Rank 0 writes the checkpoint and moves the pointers; the others wait for it."""
         if self.dist.is_main:
-            folder = self.ckpt_root / f"step-{step:06d}"
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "rng": _rng_state(),
-                "trainer": self.state,
+                "rng": rng_state(),
+                "trainer": self.state.to_dict(),
                 "world_size": self.dist.world_size,
             }
-            ckpt.save_checkpoint(
-                folder,
-                model=self.model,
-                config=self.config.to_dict(),
-                tokenizer_json=self.tokenizer_json,
-                trainer_state=state,
-                step=step,
-            )
-            ckpt.set_pointer(self.run_dir, "last", folder)
-            if self.state["best_step"] is not None:
-                best = self.ckpt_root / f"step-{self.state['best_step']:06d}"
-                if best.exists():
-                    ckpt.set_pointer(self.run_dir, "best", best)
-            elif not (self.run_dir / "best").exists():
-                ckpt.set_pointer(self.run_dir, "best", folder)
-            self._prune()
+            self.folder.save(step, self.state.best_step, self.config.train.keep_last, model=self.model,
+                             config=self.config.to_dict(), tokenizer_json=self.tokenizer_json,
+                             trainer_state=state)  # fmt: skip
         distributed.barrier(self.dist)
-
-    def _prune(self) -> None:
-        """Keep the newest train.keep_last checkpoints and the best; delete older ones (after the new one exists)."""
-        keep = {p for _, p in ckpt.list_checkpoints(self.ckpt_root)[-self.config.train.keep_last :]}
-        best = self.run_dir / "best"
-        if best.exists():
-            keep.add(best.resolve())
-        for _, path in ckpt.list_checkpoints(self.ckpt_root):
-            if path.resolve() not in {p.resolve() for p in keep}:
-                shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,313 @@
+"""A training run's configuration: one typed section per concern (model, data, tokenizer, optim, train), read
+from YAML and overridden by dotted CLI flags (`--train.max_steps 200`). Key names here are a promise to users'
+scripts: keep them; a renamed key keeps its old spelling working, with a one-line note naming the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiayn.config.fields import check_types, from_dict
+from aiayn.config.model import ModelConfig, SpecialIds, TaskKind
+from aiayn.errors import ConfigError
+
+# (`--train.max_steps 200`). Key names here are a promise to users' scripts (issue 3): keep them.
+
+Task = Literal["", "dates", "copy", "reverse"]
+TokenizerKind = Literal["bpe", "char"]
+Schedule = Literal["noam", "inverse_sqrt", "cosine"]
+Precision = Literal["fp32", "bf16", "fp16"]
+MatmulPrecision = Literal["fp32", "bf16", "tf32"]
+BestMetric = Literal["loss", "bleu"]
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the text is. Parallel: train_src + train_tgt (line-aligned) or train_tsv (source<TAB>target[...]).
+    Language model: train_text. Or a built-in generated `task` ("dates", "copy", "reverse") that needs no files.
+    """
+
+    task: Task = ""
+    train_src: str = ""
+    train_tgt: str = ""
+    train_tsv: str = ""
+    train_text: str = ""
+    valid_src: str = ""
+    valid_tgt: str = ""
+    valid_tsv: str = ""
+    valid_text: str = ""
+    task_train_size: int = 50_000  # examples generated for a built-in task
+    task_valid_size: int = 500
+    # Skip an example longer than this many tokens (specials included) on either side. Spelt data.max_tokens
+    # before; that key still works (RENAMED) and train.max_tokens stays the per-batch budget, as in fairseq.
+    max_example_tokens: int = 256
+    max_ratio: float = 0.0  # skip a pair whose longer side has more than max_ratio x the shorter's tokens; 0 = off
+    valid_fraction: float = 0.0  # language model without valid_text: hold out this final part of train_text
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.max_example_tokens < 3:
+            raise ConfigError(
+                f"DataConfig.max_example_tokens={self.max_example_tokens} must be >= 3 (BOS, one token, EOS)"
+            )
+        if not 0 <= self.valid_fraction < 1:
+            raise ConfigError(f"DataConfig.valid_fraction={self.valid_fraction} must be in [0, 1)")
+        if self.max_ratio < 0:
+            raise ConfigError(f"DataConfig.max_ratio={self.max_ratio} must be >= 0 (0 turns the filter off)")
+        for name in ("task_train_size", "task_valid_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"DataConfig.{name}={getattr(self, name)} must be >= 1")
+        sources = {
+            "task": bool(self.task),
+            "train_src/train_tgt": bool(self.train_src or self.train_tgt),
+            "train_tsv": bool(self.train_tsv),
+            "train_text": bool(self.train_text),
+        }
+        given = [k for k, v in sources.items() if v]
+        if len(given) > 1:
+            raise ConfigError(f"data: give one source of training data, got {' and '.join(given)}")
+        if bool(self.train_src) != bool(self.train_tgt):
+            raise ConfigError("data.train_src and data.train_tgt go together: give both files, or data.train_tsv")
+        if bool(self.valid_src) != bool(self.valid_tgt):
+            raise ConfigError("data.valid_src and data.valid_tgt go together: give both files, or data.valid_tsv")
+
+    @property
+    def task_kind(self) -> TaskKind:
+        """Plain text (train_text) trains a language model; everything else is pairs of texts."""
+        return TaskKind.TEXT if self.train_text else TaskKind.PAIRS
+
+    @property
+    def has_training_data(self) -> bool:
+        return bool(self.task or self.train_src or self.train_tsv or self.train_text)
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    """The subword tokenizer. `path` empty: `aiayn train` trains one on the training text and saves it in the run."""
+
+    path: str = ""
+    kind: TokenizerKind = "bpe"
+    vocab_size: int = 8000
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.vocab_size < 1:
+            raise ConfigError(f"TokenizerConfig.vocab_size={self.vocab_size} must be >= 1")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """The paper's recipe (§5.3-5.4) as defaults: Adam(0.9, 0.98, 1e-9), warmup 4000, label smoothing 0.1.
+
+    schedule "noam": lr = lr_scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) (the paper's formula);
+    "inverse_sqrt": lr rises linearly to `lr` over `warmup` steps, then lr * sqrt(warmup / step);
+    "cosine": linear warmup to `lr`, then cosine decay to `min_lr` at train.max_steps.
+    """
+
+    schedule: Schedule = "noam"
+    lr: float = 5e-4  # peak learning rate for inverse_sqrt / cosine (noam derives its own from d_model)
+    lr_scale: float = 1.0  # multiplies the noam formula
+    min_lr: float = 0.0
+    warmup: int = 4000
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_norm: float = 0.0  # clip the global gradient norm to this; 0 = off (the paper does not clip)
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.warmup < 1:
+            raise ConfigError(f"OptimConfig.warmup={self.warmup} must be >= 1")
+        for name in ("lr", "lr_scale"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"OptimConfig.{name}={getattr(self, name)} must be a positive number")
+        for name in ("min_lr", "weight_decay", "clip_norm"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(f"OptimConfig.{name}={getattr(self, name)} must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"OptimConfig.{name}={getattr(self, name)} must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"OptimConfig.label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The loop: how long, how big a batch, when to log, evaluate and save, and where."""
+
+    out_dir: str = "runs/run"
+    max_steps: int = 100_000
+    max_tokens: int = 4096  # tokens (padding included) per batch per process (seq2seq)
+    batch_size: int = 32  # sequences per batch (language models)
+    block_size: int = 256  # tokens per sequence (language models)
+    grad_accum: int = 1
+    save_every: int = 1000
+    eval_every: int = 1000
+    log_every: int = 100
+    keep_last: int = 5  # checkpoints kept besides the best (the paper averages the last 5)
+    patience: int = 0  # stop after this many evaluations without a better best_metric; 0 = never
+    best_metric: BestMetric = "loss"
+    eval_bleu_sentences: int = 500  # validation sentences translated (greedy) for BLEU/chrF; 0 = loss only
+    seed: int = 1
+    precision: Precision = "fp32"
+    # fp32 matrix multiplications computed with bf16 inputs and fp32 accumulation (CPU: oneDNN on AMX /
+    # AVX512-BF16) or TF32 (CUDA); weights, activations and everything else stay fp32. "fp32" = exact.
+    matmul_precision: MatmulPrecision = "fp32"
+    compile: bool = False
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    max_minutes: float = 0.0  # stop (evaluate, save) after this much wall time; 0 = no limit
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("max_steps", "max_tokens", "batch_size", "block_size", "grad_accum", "save_every",
+                     "eval_every", "log_every", "keep_last"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+        if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
+            raise ConfigError(f"TrainConfig.max_minutes={self.max_minutes} must be >= 0 (0 = no limit)")
+        for name in ("patience", "eval_bleu_sentences", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
+        if not self.out_dir:
+            raise ConfigError("TrainConfig.out_dir must name a folder for the run")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "tokenizer": TokenizerConfig, "optim": OptimConfig,
+            "train": TrainConfig}  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything a training run needs; `config.yaml` in a run folder is this, resolved."""
+
+    model: ModelConfig
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    optim: OptimConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], vocab_size: int | None = None) -> RunConfig:
+        """Build from nested plain data. `model.vocab_size` may be left out when the tokenizer decides it."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config is a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+        for key in data:
+            if key not in SECTIONS:
+                close = difflib.get_close_matches(str(key), list(SECTIONS), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; sections: {', '.join(SECTIONS)}"
+                raise ConfigError(f"unknown config section '{key}'{hint}")
+        data = renamed(data)
+        model = dict(data.get("model") or {})
+        if vocab_size is not None:
+            model["vocab_size"] = vocab_size
+        # A placeholder until the tokenizer is known (see Trainer): just large enough for the special ids.
+        ids = SpecialIds()
+        largest = max(model.get(f"{k}_id", getattr(ids, k)) for k in ("pad", "bos", "eos", "unk"))
+        model.setdefault("vocab_size", largest + 1 if isinstance(largest, int) else 1)
+        parts = {name: from_dict(SECTIONS[name], data.get(name) or {}, name) for name in SECTIONS if name != "model"}
+        return cls(model=from_dict(ModelConfig, model, "model"), **parts)
+
+
+class ConfigNote(UserWarning):
+    """A note about a config that still works but should change (an old key's new name); the CLI prints it as
+    one line `note: ...`."""
+
+
+# Old key -> new key, per section.
+RENAMED = {"data": {"max_tokens": "max_example_tokens"}}
+
+
+def renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with old keys under their new names (a copy; the user's dict is not changed), one ConfigNote each."""
+    out = dict(data)
+    for section, keys in RENAMED.items():
+        values = out.get(section)
+        if not isinstance(values, dict):
+            continue
+        values = dict(values)
+        for old, new in keys.items():
+            if old in values:
+                if new in values:
+                    raise ConfigError(f"{section}.{old} and {section}.{new} are one setting: give only {section}.{new}")
+                values[new] = values.pop(old)
+                warnings.warn(f"{section}.{old} is now called {section}.{new}; the old name still works", ConfigNote,
+                              stacklevel=3)  # fmt: skip
+        out[section] = values
+    return out
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_overrides(args: list[str]) -> dict[str, dict[str, Any]]:
+    """`--section.key value` (or `--section.key=value`) pairs into nested data. Values are read as YAML scalars,
+    so `100` is an int, `1e-3` a float, `true` a bool, and anything else a string."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ConfigError(f"unexpected argument '{arg}': overrides look like --section.key value")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"argument '{arg}' needs a value")
+            key, text = arg[2:], args[i + 1]
+            i += 2
+        section, _, name = key.partition(".")
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            hint = f"; did you mean '--{close[0]}.{name}'?" if close else f"; sections: {', '.join(SECTIONS)}"
+            raise ConfigError(f"unknown config section in '{arg}'{hint}")
+        value = yaml.safe_load(text) if text.strip() else ""
+        if value is None:
+            value = ""
+        if isinstance(value, (dict, list)):  # a YAML flow value where a scalar is wanted: keep the text
+            value = text
+        # "1e-3" is a string to YAML 1.1; numbers written that way are what users type for learning rates.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    merged = {name: dict(base.get(name) or {}) for name in base}
+    for section, values in overrides.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML config file; errors name the file (and YAML's line)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path}: is a directory, expected a YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    return data or {}

@@ -1,0 +1,212 @@
+"""The model folder: config.yaml + tokenizer.json + model.safetensors + manifest.json, the one format that
+training writes and inference, viz, explain, serve, interop and the CLI read.
+
+Written atomically (reliability recipe §1.9): every file goes into `.NAME.tmp-<uuid>/` beside the final folder
+and is fsynced; `manifest.json` (sizes and sha256 of every file) is written last; one os.replace renames the
+folder into place and the parent directory is fsynced. A folder is valid only if its manifest parses and every
+file matches it, so a kill at any moment leaves either the old folder or the new one. Weights are safetensors
+(never a pickle); tied weights are stored once. The model's special ids are part of its config (`model.*_id`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from aiayn.config import ModelConfig
+from aiayn.errors import ModelFolderError
+from aiayn.files import fault, fsync_dir, temp_beside, write_file
+from aiayn.model import build
+from aiayn.tokenizer import Tokenizer
+
+FORMAT = 1
+MODEL_FILES = ("config.yaml", "tokenizer.json", "model.safetensors")
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ModelFolderError):
+    """A checkpoint or model folder that cannot be used; the message names the folder and the reason."""
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The model's tensors with tied weights stored once: (tensors, aliases {name: stored name})."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            tensors[name] = tensor.detach().to("cpu").contiguous()
+    return tensors, aliases
+
+
+def save_folder(
+    folder: str | Path,
+    *,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    tokenizer_json: bytes,
+    extra: dict[str, Callable[[], bytes]] | None = None,
+    step: int = 0,
+) -> Path:
+    """Write a model folder atomically (plus `extra` files, e.g. a trainer state); returns its path. An existing
+    folder of that name is replaced. `step` names the checkpoint for the fault-injection hook (`@N`)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(folder)
+    tmp.mkdir()
+    try:
+        tensors, aliases = state_dict_for_saving(model)
+        files: list[tuple[str, Callable[[], bytes]]] = [
+            ("model.safetensors", lambda: save_safetensors(tensors, metadata={"aliases": json.dumps(aliases)})),
+            ("config.yaml", lambda: yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode()),
+            ("tokenizer.json", lambda: tokenizer_json),
+            *(extra or {}).items(),
+        ]
+        manifest: dict[str, Any] = {"format": FORMAT, "step": step, "files": {}}
+        for i, (name, make) in enumerate(files):
+            data = make()
+            write_file(tmp / name, data)
+            manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            if i == 0:
+                fault("ckpt:after_first_file", step)
+        fault("ckpt:before_manifest", step)
+        write_file(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        fsync_dir(tmp)
+        fault("ckpt:before_rename", step)
+        if folder.exists():  # rewriting the same step (e.g. a save on SIGTERM right after a periodic save)
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        fault("ckpt:after_rename", step)
+        fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def verify(folder: str | Path, need: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The manifest of a valid model folder holding MODEL_FILES (and `need`); CheckpointError naming the folder
+    and what is wrong otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a model folder (no such directory)")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: incomplete model folder (no {MANIFEST})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}: corrupt {MANIFEST} ({e})") from None
+    for name in (*MODEL_FILES, *need):
+        if name not in files:
+            raise CheckpointError(f"{folder}: incomplete model folder ({name} is not in its manifest)")
+    for name, entry in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: incomplete model folder ({name} is missing)")
+        data = path.read_bytes()
+        if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise CheckpointError(f"{folder}: corrupt checkpoint ({name}: sha256 mismatch)")
+    return manifest
+
+
+def resolve(path: str | Path) -> Path:
+    """A model folder, or a run folder (then its `best`, else its `last` checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model folder")
+    if (path / MANIFEST).exists() or not ((path / "best").exists() or (path / "last").exists()):
+        return path
+    return (path / "best").resolve() if (path / "best").exists() else (path / "last").resolve()
+
+
+def load_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Load model.safetensors into `model` (never unpickles); a mismatch names the tensors and their shapes."""
+    path = Path(folder) / "model.safetensors"
+    try:
+        tensors = load_safetensors(path.read_bytes())
+        with safe_open(str(path), framework="pt") as f:
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    except (OSError, SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+    for name, stored in aliases.items():
+        if stored in tensors:
+            tensors[name] = tensors[stored]
+    expected = model.state_dict()
+    problems = _mismatch(expected, tensors)
+    if problems:
+        raise CheckpointError(f"{path}: weights do not match the config ({problems})")
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            tensor.copy_(tensors[name])
+
+
+def _mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> str:
+    """'' when the names and shapes agree, else what differs (the first four of each kind)."""
+
+    def first(names: list[str]) -> str:
+        return ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+
+    wrong = [
+        f"{n} {tuple(tensors[n].shape)} vs {tuple(t.shape)} in the config"
+        for n, t in expected.items()
+        if n in tensors and tensors[n].shape != t.shape
+    ]
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    parts = [f"shapes differ: {first(wrong)}"] if wrong else []
+    parts += [f"missing: {first(missing)}"] if missing else []
+    parts += [f"unexpected: {first(unexpected)}"] if unexpected else []
+    return "; ".join(parts)
+
+
+def read_config(folder: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """(the folder's whole config.yaml as plain data, its model section as a ModelConfig)."""
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        return config, ModelConfig.from_dict(config["model"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'config.yaml'}: not a usable model config ({e})") from None
+
+
+def read_tokenizer(folder: Path, model_config: ModelConfig) -> Tokenizer:
+    """The folder's tokenizer, checked against the model it belongs to."""
+    try:
+        tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'tokenizer.json'}: cannot load the tokenizer ({e})") from None
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer.json has {tokenizer.vocab_size:,} tokens but the weights were made for "
+            f"model.vocab_size {model_config.vocab_size:,}: the tokenizer does not belong to this model"
+        )
+    return tokenizer
+
+
+def load(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any], Path]:
+    """A model folder (or a run folder's best) -> (model on the CPU in eval mode, tokenizer, whole config as
+    plain data, the folder). CheckpointError, one line naming the folder and the problem, when the folder is
+    missing or incomplete, its files do not match their manifest, the tokenizer does not belong to the weights,
+    or the weights do not match the config."""
+    folder = resolve(path)
+    verify(folder)
+    config, model_config = read_config(folder)
+    tokenizer = read_tokenizer(folder, model_config)
+    model = build(model_config)
+    load_weights(model, folder)
+    return model.eval(), tokenizer, config, folder

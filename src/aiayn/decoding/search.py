@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aiayn.config import DECODE_DEFAULTS as D
 from aiayn.config import EXTRA_LENGTH, DecodeConfig
 from aiayn.model.masks import padding_mask
 
@@ -224,8 +225,8 @@ class BeamState:
 def beam_search(
     model,
     src: torch.Tensor,
-    beam_size: int = 4,
-    alpha: float = 0.6,
+    beam_size: int = D.beam_size,
+    alpha: float = D.alpha,
     max_len: int | None = None,
     n_best: int = 1,
     bos_id: int | None = None,

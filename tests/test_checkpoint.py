@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from aiayn import ModelConfig
+from aiayn.errors import UserError
 from aiayn.model import Transformer
 from aiayn.train import checkpoint as ckpt
 
@@ -108,7 +109,9 @@ def test_disk_full_during_a_write_raises_and_leaves_nothing_behind(tmp_path, mon
     root = tmp_path / "checkpoints"
     good = save(root / "step-000005", step=5)
     monkeypatch.setenv("AIAYN_FAULT", "ckpt:before_manifest:enospc")
-    with pytest.raises(OSError, match="No space left on device"):
+    # One line (a UserError: the CLI prints it, exit 2) naming the folder and the bytes the checkpoint needs.
+    full = r"step-000010: No space left on device \(writing [\d,]+ bytes; [\d,]+ bytes free"
+    with pytest.raises(UserError, match=full):
         save(root / "step-000010", step=10)
     assert [p.name for p in root.iterdir()] == [good.name]
 

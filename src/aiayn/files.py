@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import uuid
 from pathlib import Path
+
+from aiayn.errors import UserError
 
 
 def fault(site: str, step: int | None = None) -> None:
@@ -44,15 +47,33 @@ def write_file(path: Path, data: bytes) -> None:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Replace `path` with `data` all at once: a temporary file beside it, fsync, rename."""
+    """Replace `path` with `data` all at once: a temporary file beside it, fsync, rename. A failed write leaves
+    the old file as it was and no temporary beside it, and its error names `path`, not the temporary."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name to write")
+    tmp = temp_beside(path)
     try:
         write_file(tmp, data)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise disk_full(path, len(data)) from None
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves the old file and no temporary beside it
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def disk_full(target: Path, needed: int) -> UserError:
+    """The one line for a full disk: what could not be written, how much it needed, how much is free."""
+    folder = target if target.is_dir() else target.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    return UserError(f"{target}: No space left on device (writing {needed:,} bytes; {free} in {folder})")
 
 
 def fsync_dir(path: Path) -> None:

@@ -6,6 +6,11 @@ and is fsynced; `manifest.json` (sizes and sha256 of every file) is written last
 folder into place and the parent directory is fsynced. A folder is valid only if its manifest parses and every
 file matches it, so a kill at any moment leaves either the old folder or the new one. Weights are safetensors
 (never a pickle); tied weights are stored once. The model's special ids are part of its config (`model.*_id`).
+
+Loading checks before it allocates (aiayn.modelfile_checks): the manifest's names and fields; the config's model
+built on the meta device (its memory against this machine's, its names and shapes against the safetensors
+header, read alone; floating-point weights only); then the real model, finite weights, and a tokenizer whose
+ids fit the model's vocabulary. Every failure is one line, a CheckpointError naming the folder and the field.
 """
 
 from __future__ import annotations
@@ -20,23 +25,31 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from aiayn.config import ModelConfig
-from aiayn.errors import ModelFolderError
 from aiayn.files import fault, fsync_dir, temp_beside, write_file
 from aiayn.model import build
+from aiayn.modelfile_checks import (
+    CheckpointError,
+    check_finite,
+    check_manifest_files,
+    check_tokenizer_ids,
+    planned_model,
+    stored_shapes,
+)
 from aiayn.tokenizer import Tokenizer
+
+__all__ = [
+    "FORMAT", "MANIFEST", "MODEL_FILES", "CheckpointError", "load", "load_weights", "read_config", "read_tokenizer",
+    "resolve", "save_folder", "state_dict_for_saving", "verify",
+]  # fmt: skip
 
 FORMAT = 1
 MODEL_FILES = ("config.yaml", "tokenizer.json", "model.safetensors")
 MANIFEST = "manifest.json"
-
-
-class CheckpointError(ModelFolderError):
-    """A checkpoint or model folder that cannot be used; the message names the folder and the reason."""
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -107,11 +120,11 @@ def verify(folder: str | Path, need: tuple[str, ...] = ()) -> dict[str, Any]:
         raise CheckpointError(f"{folder}: not a model folder (no such directory)")
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        files = manifest["files"]
     except FileNotFoundError:
         raise CheckpointError(f"{folder}: incomplete model folder (no {MANIFEST})") from None
-    except (ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: corrupt {MANIFEST} ({e})") from None
+    files = check_manifest_files(folder, manifest)
     for name in (*MODEL_FILES, *need):
         if name not in files:
             raise CheckpointError(f"{folder}: incomplete model folder ({name} is not in its manifest)")
@@ -119,10 +132,17 @@ def verify(folder: str | Path, need: tuple[str, ...] = ()) -> dict[str, Any]:
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{folder}: incomplete model folder ({name} is missing)")
-        data = path.read_bytes()
-        if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
             raise CheckpointError(f"{folder}: corrupt checkpoint ({name}: sha256 mismatch)")
     return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolve(path: str | Path) -> Path:
@@ -136,36 +156,52 @@ def resolve(path: str | Path) -> Path:
 
 
 def load_weights(model: torch.nn.Module, folder: str | Path) -> None:
-    """Load model.safetensors into `model` (never unpickles); a mismatch names the tensors and their shapes."""
+    """Load model.safetensors into `model` (never unpickles); a mismatch names the tensors and their shapes.
+    The header is checked first (names, shapes, floating-point dtypes), then every weight must be finite."""
     path = Path(folder) / "model.safetensors"
+    expected = model.state_dict()
+    check_header(path, {name: tuple(t.shape) for name, t in expected.items()})
     try:
         tensors = load_safetensors(path.read_bytes())
-        with safe_open(str(path), framework="pt") as f:
-            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
     except (OSError, SafetensorError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+    _, aliases = stored_shapes(path)
     for name, stored in aliases.items():
         if stored in tensors:
             tensors[name] = tensors[stored]
-    expected = model.state_dict()
     problems = _mismatch(expected, tensors)
     if problems:
         raise CheckpointError(f"{path}: weights do not match the config ({problems})")
+    check_finite(path, list(expected), tensors)
     with torch.no_grad():
         for name, tensor in expected.items():
             tensor.copy_(tensors[name])
 
 
-def _mismatch(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> str:
-    """'' when the names and shapes agree, else what differs (the first four of each kind)."""
+def check_header(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The safetensors header of `path` (read alone, no tensor loaded) against the expected {name: shape}:
+    CheckpointError naming what differs, or the first tensor that is not floating point."""
+    shapes, _ = stored_shapes(path)
+    problems = _mismatch(expected, shapes)
+    if problems:
+        raise CheckpointError(f"{path}: weights do not match the config ({problems})")
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def _mismatch(expected: dict[str, Any], tensors: dict[str, Any]) -> str:
+    """'' when the names and shapes agree, else what differs (the first four of each kind). The values are
+    tensors or shapes."""
 
     def first(names: list[str]) -> str:
         return ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
 
     wrong = [
-        f"{n} {tuple(tensors[n].shape)} vs {tuple(t.shape)} in the config"
+        f"{n} {_shape(tensors[n])} vs {_shape(t)} in the config"
         for n, t in expected.items()
-        if n in tensors and tensors[n].shape != t.shape
+        if n in tensors and _shape(tensors[n]) != _shape(t)
     ]
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -195,6 +231,7 @@ def read_tokenizer(folder: Path, model_config: ModelConfig) -> Tokenizer:
             f"{folder}: tokenizer.json has {tokenizer.vocab_size:,} tokens but the weights were made for "
             f"model.vocab_size {model_config.vocab_size:,}: the tokenizer does not belong to this model"
         )
+    check_tokenizer_ids(folder, tokenizer, model_config.vocab_size)
     return tokenizer
 
 
@@ -202,10 +239,12 @@ def load(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any], 
     """A model folder (or a run folder's best) -> (model on the CPU in eval mode, tokenizer, whole config as
     plain data, the folder). CheckpointError, one line naming the folder and the problem, when the folder is
     missing or incomplete, its files do not match their manifest, the tokenizer does not belong to the weights,
-    or the weights do not match the config."""
+    the weights do not match the config or are not finite, or the config implies more memory than there is. The
+    weights' header is compared with a model built on the meta device before the real one is built."""
     folder = resolve(path)
     verify(folder)
     config, model_config = read_config(folder)
+    check_header(folder / "model.safetensors", planned_model(folder, model_config))
     tokenizer = read_tokenizer(folder, model_config)
     model = build(model_config)
     load_weights(model, folder)

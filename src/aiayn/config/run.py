@@ -95,11 +95,17 @@ class TokenizerConfig:
     kind: TokenizerKind = "bpe"
     vocab_size: int = 8000
     min_frequency: int = 2
+    # Bounds on tokenizer training, whatever the input: BPE's time grows with the square of the longest word, so a
+    # word (a run without whitespace) longer than max_word_chars is cut into chunks of that size first; and at most
+    # max_train_chars characters, sampled evenly from the text (SentencePiece's input_sentence_size), are read.
+    max_word_chars: int = 100
+    max_train_chars: int = 100_000_000
 
     def __post_init__(self) -> None:
         check_types(self)
-        if self.vocab_size < 1:
-            raise ConfigError(f"TokenizerConfig.vocab_size={self.vocab_size} must be >= 1")
+        for name in ("vocab_size", "max_word_chars", "max_train_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TokenizerConfig.{name}={getattr(self, name)} must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -166,6 +172,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = torch's default
     max_minutes: float = 0.0  # stop (evaluate, save) after this much wall time; 0 = no limit
+    # Steps whose loss or gradient norm is not finite skip their update (counted in the log); more than this many in
+    # a row stop the run with exit code 3.
+    max_bad_steps: int = 20
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -175,7 +184,7 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
         if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
             raise ConfigError(f"TrainConfig.max_minutes={self.max_minutes} must be >= 0 (0 = no limit)")
-        for name in ("patience", "eval_bleu_sentences", "threads"):
+        for name in ("patience", "eval_bleu_sentences", "threads", "max_bad_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
         if not self.out_dir:

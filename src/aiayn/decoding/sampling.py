@@ -33,7 +33,11 @@ def _next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     """One token per row (B, 1): the argmax at temperature 0, else a draw from the filtered softmax."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(dim=-1)
+    # Shifted so that the largest logit is 0 before dividing: however small the temperature, the scaled logits are
+    # <= 0 and at worst -inf (probability exactly 0), never an overflow to +inf and a NaN softmax.
+    logits = logits.float()
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from aiayn.config import DECODE_DEFAULTS, DecodeConfig, TaskKind
+from aiayn.devices import parse_device
 from aiayn.errors import RequestError
 
 D = DECODE_DEFAULTS  # the paper's decoding defaults (beam 4, alpha 0.6), written once in aiayn.config.decode
@@ -46,9 +47,8 @@ class Attention:
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The device to load onto, checked against this machine (aiayn.devices.parse_device)."""
+    return parse_device(device, "--device")
 
 
 def recorded_weights(recorder) -> dict[str, np.ndarray]:

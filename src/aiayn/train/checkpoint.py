@@ -5,6 +5,7 @@ run folder's `best` and `last` pointers. The folder format itself, and its atomi
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from aiayn.files import fault, fsync_dir, temp_beside, write_atomic
+from aiayn.files import disk_full, fault, fsync_dir, temp_beside, write_atomic
 from aiayn.modelfile import (
     FORMAT,
     MANIFEST,
@@ -47,9 +48,26 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     step: int = 0,
 ) -> Path:
-    """Write a checkpoint folder atomically: a model folder, plus trainer_state.pt when a state is given."""
+    """Write a checkpoint folder atomically: a model folder, plus trainer_state.pt when a state is given. A full
+    disk is one line naming the folder and the space the checkpoint needs; nothing of the write is left behind."""
     extra = {STATE_FILE: lambda: _torch_bytes(trainer_state)} if trainer_state is not None else None
-    return save_folder(folder, model=model, config=config, tokenizer_json=tokenizer_json, extra=extra, step=step)
+    try:
+        return save_folder(folder, model=model, config=config, tokenizer_json=tokenizer_json, extra=extra, step=step)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise disk_full(Path(folder), _tensor_bytes(model.state_dict()) + _tensor_bytes(trainer_state)) from None
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a (nested) state: about what saving it takes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _torch_bytes(obj: Any) -> bytes:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from aiayn.devices import parse_device
 from aiayn.errors import ConfigError
 
 # Precision policy lives in aiayn.train.precision; these names are kept here for users' scripts.
@@ -52,7 +53,7 @@ def setup(device: str = "auto") -> Dist:
         torch.cuda.set_device(local_rank)
         chosen = torch.device("cuda", local_rank)
     else:
-        chosen = torch.device(device)
+        chosen = parse_device(device, "train.device")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen)

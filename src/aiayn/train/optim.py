@@ -57,18 +57,27 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=0.0, betas=betas, eps=optim.eps, fused=fused)
 
 
-def optimizer_step(optimizer, scaler, lr: float, params: list[torch.nn.Parameter], clip_norm: float) -> None:
-    """Set the learning rate, unscale (fp16), clip the global gradient norm (when clip_norm > 0), step, zero."""
+def grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """The global L2 norm of the gradients (a 0-dim tensor; inf or nan when a gradient is not finite)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
+
+def optimizer_step(optimizer, scaler, lr: float, params: list[torch.nn.Parameter], clip_norm: float,
+                   norm: torch.Tensor | None = None) -> None:  # fmt: skip
+    """Set the learning rate, unscale (fp16), clip the global gradient norm (when clip_norm > 0; `norm`: that norm,
+    computed already), step, zero."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     if scaler is not None:
         scaler.unscale_(optimizer)
     if clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        if norm is None:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(params, clip_norm, norm)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from collections.abc import Callable
@@ -19,8 +20,8 @@ from typing import Any
 import yaml
 
 from aiayn.config import ModelConfig
-from aiayn.errors import UserError
-from aiayn.files import write_atomic
+from aiayn.errors import DataError, UserError
+from aiayn.files import disk_full, write_atomic
 from aiayn.tokenizer import Tokenizer
 from aiayn.train import checkpoint as ckpt
 
@@ -48,15 +49,38 @@ class RunFolder:
         self.metrics = self.root / "metrics.jsonl"
 
     def append_metrics(self, entry: dict[str, Any]) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        """One JSON line. An append cut short (a full disk, a kill) leaves a torn last line, which resume drops."""
+        line = json.dumps(entry) + "\n"
+        try:
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise disk_full(self.metrics, len(line)) from None
+            raise
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop entries written after `step` (a resumed run's log reads as one uninterrupted run)."""
-        if self.metrics.exists():
-            lines = self.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
-            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
-            write_atomic(self.metrics, "".join(kept).encode())
+    def truncate_metrics(self, step: int, log: Callable[[str], None]) -> None:
+        """Drop entries written after `step` (a resumed run's log reads as one uninterrupted run), and a torn last
+        line (with a warning naming the file and the line)."""
+        if not self.metrics.exists():
+            return
+        lines = self.metrics.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+        kept = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if number < len(lines):
+                    raise DataError(
+                        f"{self.metrics}: line {number} is not a JSON object; fix or delete the line"
+                    ) from None
+                log(f"WARNING {self.metrics}: line {number} was cut short (its write did not finish); dropped it")
+                continue
+            if entry["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        write_atomic(self.metrics, "".join(kept).encode())
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_atomic(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode())

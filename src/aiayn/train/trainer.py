@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,11 +38,12 @@ from aiayn.files import fault
 from aiayn.model import build, task_kind, use_kernels
 from aiayn.modelfile import load_weights, resolve
 from aiayn.train import checkpoint as ckpt
-from aiayn.train import distributed, memory
+from aiayn.train import distributed
 from aiayn.train.evaluator import Evaluator, loss_pad_id
 from aiayn.train.loss import LossModel
-from aiayn.train.optim import learning_rate, make_optimizer, optimizer_step
+from aiayn.train.optim import grad_norm, learning_rate, make_optimizer, optimizer_step
 from aiayn.train.precision import autocast, kernels_for, matmul_precision
+from aiayn.train.process import process_settings
 from aiayn.train.reproducible import micro_seed, rng_state, set_rng_state
 from aiayn.train.run_folder import ResumeError, RunFolder, config_differences
 from aiayn.train.state import Clock, TrainState
@@ -49,6 +51,7 @@ from aiayn.train.state import Clock, TrainState
 __all__ = ["EXIT_SIGNAL", "LossModel", "ResumeError", "Trainer", "config_differences", "micro_seed", "resolved"]
 
 EXIT_SIGNAL = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, as shells report it
+EXIT_DIVERGED = 3  # more than train.max_bad_steps steps in a row with a non-finite loss or gradient norm
 
 
 def resolved(config: RunConfig) -> RunConfig:
@@ -89,33 +92,15 @@ class Trainer:
 
     def run(self) -> int:
         """Train to train.max_steps (or early stop, or a signal). Returns the process exit code."""
-        with self._process(), matmul_precision(self.config.train.matmul_precision, self.dist.device):
-            self._setup()  # a matmul precision this machine would ignore is refused before any data is read
+        train = self.config.train
+        # Entered in order: the device is known before the matmul precision is checked for it, and a precision this
+        # machine would ignore is refused before any data is read.
+        with (
+            process_settings(train, list(EXIT_SIGNAL), self._on_signal) as self.dist,
+            matmul_precision(train.matmul_precision, self.dist.device),
+        ):
+            self._setup()
             return self._loop()
-
-    @contextlib.contextmanager
-    def _process(self) -> Iterator[None]:
-        """Process-wide settings for the run (torchrun's process group, threads, malloc, signal handlers), put
-        back as they were when it returns."""
-        threads = torch.get_num_threads()
-        handlers = {sig: signal.getsignal(sig) for sig in EXIT_SIGNAL}
-        kept_memory = False
-        self.dist = distributed.setup(self.config.train.device)
-        try:
-            if self.config.train.threads:
-                torch.set_num_threads(self.config.train.threads)
-            if self.dist.device.type == "cpu":  # no page faults for the step's large tensors (aiayn.train.memory)
-                kept_memory = memory.keep_freed_memory()
-            for sig in EXIT_SIGNAL:  # finish the step, save, exit: see _loop
-                signal.signal(sig, self._on_signal)
-            yield
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-            torch.set_num_threads(threads)
-            if kept_memory:
-                memory.restore_freed_memory()
-            distributed.teardown(self.dist)
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
@@ -240,7 +225,7 @@ class Trainer:
         self.state = TrainState.from_dict(state["trainer"])
         self.log(f"resumed from {path} at step {self.state.step}")
         if self.dist.is_main:  # the log reads as one uninterrupted run: drop entries written after this checkpoint
-            self.folder.truncate_metrics(self.state.step)
+            self.folder.truncate_metrics(self.state.step, self.log)
 
     def _autocast(self):
         return autocast(self.config.train.precision, self.dist.device)
@@ -308,11 +293,16 @@ class Trainer:
             if m == 0:
                 fault(f"step:{step}")  # tests: a kill in the middle of a step (mid accumulation)
         lr = learning_rate(step, cfg.optim, cfg.model.d_model, train.max_steps)
-        optimizer_step(self.optimizer, self.scaler, lr, params, cfg.optim.clip_norm)
-        step_loss, step_nll = distributed.all_sum([loss_sum.item(), nll_sum.item()], d)
-        self.state.step, self.state.batches_done = step, first + per_step
-        self.state.tokens += total_tokens
-        self.state.interval.add(step_loss, step_nll, total_tokens)
+        # A non-finite loss or gradient norm skips the update; the step still counts (schedule and data advance),
+        # and every process decides alike through the same all-reduce. fp16's GradScaler skips its own steps.
+        norm = grad_norm(params) if self.scaler is None else None
+        finite = math.isfinite(loss_sum.item()) and (norm is None or bool(torch.isfinite(norm)))
+        step_loss, step_nll, n_bad = distributed.all_sum([loss_sum.item(), nll_sum.item(), float(not finite)], d)
+        if n_bad:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer_step(self.optimizer, self.scaler, lr, params, cfg.optim.clip_norm, norm)
+        self.state.record(step, first + per_step, total_tokens, step_loss, step_nll, skipped=bool(n_bad))
         return lr
 
     def _log_interval(self, step: int, lr: float, clock: Clock) -> None:
@@ -326,9 +316,12 @@ class Trainer:
             "tokens_per_s": iv.tokens / max(clock.interval(), 1e-9),
             "seconds": round(self.state.seconds, 3),
         }
+        if iv.skipped:  # steps without an update since the last log line (non-finite loss or gradient norm)
+            entry["skipped_steps"] = iv.skipped
         if self.dist.is_main:
             self.folder.append_metrics(entry)
-        self.log(f"step {step:>7}  loss {entry['loss']:.4f}  lr {lr:.3e}  {entry['tokens_per_s']:,.0f} tok/s")
+        skipped = f"  ({iv.skipped} step(s) skipped: loss or gradient not finite)" if iv.skipped else ""
+        self.log(f"step {step:>7}  loss {entry['loss']:.4f}  lr {lr:.3e}  {entry['tokens_per_s']:,.0f} tok/s{skipped}")
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{entry['tokens_per_s']:,.0f}")
         self.state.interval = type(iv)()
@@ -337,6 +330,12 @@ class Trainer:
     def _stop(self, step: int, interrupted: bool, time_up: bool, stop_early: bool) -> int | None:
         """The exit code when the run stops after this step (with the line saying why), else None."""
         train = self.config.train
+        if self.state.bad_in_a_row > train.max_bad_steps:
+            self.log(
+                f"stopped at step {step}: the loss or gradient norm was not finite in {self.state.bad_in_a_row} steps "
+                f"in a row (train.max_bad_steps={train.max_bad_steps}); lower optim.lr or set optim.clip_norm"
+            )
+            return EXIT_DIVERGED
         if interrupted:
             sig = signal.Signals(self.stop_signal or signal.SIGTERM)
             self.log(f"stopped by {sig.name} after step {step}; saved; continue with --resume auto")
@@ -383,8 +382,11 @@ class Trainer:
         return self._agree(stop), self._agree(better)
 
     def _save(self, step: int) -> None:
-        """Rank 0 writes the checkpoint and moves the pointers; the others wait for it."""
-        if self.dist.is_main:
+        """Rank 0 writes the checkpoint and moves the pointers; the others wait for it. Weights that are not finite
+        are never written, so `best` and `last` never point at them."""
+        if self.dist.is_main and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self.log(f"not saving step {step}: the weights are not finite (the last checkpoint, if any, is kept)")
+        elif self.dist.is_main:
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},

@@ -104,10 +104,10 @@ def test_body_limit_host_allow_list_cors_and_no_internals_in_errors(models, monk
     r = api.post("/v1/translate", json={"text": "a"})
     assert r.status_code == 500 and r.json() == {"error": "internal error"} and "secret" not in r.text
     r = api.post("/v1/translate", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and "Traceback" not in r.text
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"] and "Traceback" not in r.text
 
 
-def test_requests_over_the_in_flight_limit_get_503_at_once(models, monkeypatch):
+def test_requests_over_the_in_flight_limit_and_queue_get_503_at_once(models, monkeypatch):
     s2s, _ = models
     release, entered = threading.Event(), threading.Event()
 
@@ -117,7 +117,7 @@ def test_requests_over_the_in_flight_limit_get_503_at_once(models, monkeypatch):
         return ["done"] * len(texts)
 
     monkeypatch.setattr(s2s, "translate", slow)
-    api = client(s2s, max_in_flight=1)
+    api = client(s2s, max_in_flight=1, queue=0)  # no queue: the next request is refused at once
     first = {}
     thread = threading.Thread(target=lambda: first.update(r=api.post("/v1/translate", json={"text": "a"})))
     thread.start()

@@ -199,7 +199,16 @@ def _parser_serve(sub) -> None:
     _add_model(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-in-flight", type=int, default=4, help="requests run at once; more get 503 (default 4)")
+    p.add_argument("--max-in-flight", type=int, default=4, help="requests run at once; more wait (default 4)")
+    p.add_argument("--queue", type=int, default=None, help="requests that may wait for a slot; more get 503 at "
+                   "once (default 2 x --max-in-flight)")  # fmt: skip
+    p.add_argument("--request-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a request may take, waiting included, before a 503 (default 30)")  # fmt: skip
+    p.add_argument("--idle-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a connection may take to send a request, or sit idle, before it is closed "
+                   "(default 10)")  # fmt: skip
+    p.add_argument("--max-work", type=int, default=None, metavar="N",
+                   help="largest texts x beam x token positions one request may ask (default 16384)")  # fmt: skip
     p.add_argument("--allowed-host", action="append", metavar="HOST", help="also accept this Host header")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser requests from ORIGIN")
     p.set_defaults(func=_serve)

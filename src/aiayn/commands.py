@@ -233,8 +233,17 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
         raise UserError(f"--port {args.port}: expected 1..65535")
     if args.max_in_flight < 1:
         raise UserError(f"--max-in-flight {args.max_in_flight}: expected a number >= 1")
+    for flag, value, low in [("--queue", args.queue, 0), ("--max-work", args.max_work, 1)]:
+        if value is not None and value < low:
+            raise UserError(f"{flag} {value}: expected a number >= {low}")
+    for flag, value in [("--request-timeout", args.request_timeout), ("--idle-timeout", args.idle_timeout)]:
+        if not 0 < value < float("inf"):
+            raise UserError(f"{flag} {value:g}: expected a number of seconds > 0")
     model = load(args.model, device=args.device)
-    settings = Settings(max_in_flight=args.max_in_flight, cors_origins=args.cors_origin or [])
+    settings = Settings(max_in_flight=args.max_in_flight, cors_origins=args.cors_origin or [], queue=args.queue,
+                        request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)  # fmt: skip
+    if args.max_work is not None:
+        settings.max_work = args.max_work
     settings.allowed_hosts += args.allowed_host or []
     print(f"serving {model.folder} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     serve(model, args.host, args.port, settings)

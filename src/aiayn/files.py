@@ -20,9 +20,13 @@ from aiayn.errors import UserError
 def fault(site: str, step: int | None = None) -> None:
     """Fault injection for tests: AIAYN_FAULT=<site> kills this process with SIGKILL at that site,
     <site>:sigterm sends it SIGTERM (as a scheduler would), and <site>:enospc raises 'No space left on device'
-    there. <site>@N fires only at the checkpoint of step N. A no-op otherwise."""
+    there. <site>@N fires only at the checkpoint of step N. A no-op otherwise. Under torchrun it fires only in
+    the first run of the workers (TORCHELASTIC_RESTART_COUNT 0: a restarted worker goes on), and only on rank
+    AIAYN_FAULT_RANK when that is set (one worker of several killed)."""
     wanted = os.environ.get("AIAYN_FAULT", "")
-    if not wanted:
+    if not wanted or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    if os.environ.get("AIAYN_FAULT_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
         return
     if step is not None and wanted.partition(":")[2].count("@"):
         name, _, rest = wanted.partition("@")

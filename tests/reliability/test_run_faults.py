@@ -161,5 +161,6 @@ def test_a_tiny_temperature_samples_the_argmax_instead_of_failing():
     torch.manual_seed(1)
     lm = build(ModelConfig(arch="lm", vocab_size=12, d_model=16, n_heads=2, n_decoder_layers=1, d_ff=32)).eval()
     prompt = torch.tensor([[4, 5, 6]])
-    tiny = sample(lm, prompt, 6, temperature=1e-30, generator=torch.Generator().manual_seed(0))
-    assert tiny == sample(lm, prompt, 6, temperature=0)
+    for temperature in (1e-30, 1e-40, 1e-300, 5e-324):  # fp32 overflow, a subnormal, and below fp32's range
+        tiny = sample(lm, prompt, 6, temperature=temperature, generator=torch.Generator().manual_seed(0))
+        assert tiny == sample(lm, prompt, 6, temperature=0)

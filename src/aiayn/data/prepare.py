@@ -3,13 +3,23 @@
 Everything is streamed: files are read line by line, tokenized in chunks and appended to memory-mapped caches
 under `<out_dir>/cache/`, keyed by the files' names, sizes and mtimes, the tokenizer and the filter settings,
 so a second run (or a resumed one) opens them without tokenizing again.
+
+The tokenizer a run trains is read from the training files through the data reader (aiayn.data.reader: UTF-8,
+binary files, line caps), after every data file has been read through once: a data error leaves nothing derived
+behind. `<out_dir>/tokenizer.source.json`, beside the tokenizer, records what it was trained on (the files' paths,
+sizes and mtimes, or the built-in task; the `tokenizer.*` settings): a rerun with other data or settings trains a
+new one, or, when the run has checkpoints, stops with one line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +27,14 @@ from aiayn.config import DataConfig, TaskKind, TokenizerConfig
 from aiayn.data.corpus import TokenCorpus, cache_key
 from aiayn.data.reader import DataError, clean, read_lines, read_parallel, read_tsv
 from aiayn.data.tasks import task_pairs
-from aiayn.tokenizer import Tokenizer, normalize, train_tokenizer, train_tokenizer_from_files
+from aiayn.errors import ConfigError
+from aiayn.files import write_atomic
+from aiayn.tokenizer import Tokenizer, normalize
+from aiayn.tokenizer_train import text_totals, train_tokenizer
 
 VALID_SEED_OFFSET = 7919  # validation examples of a built-in task come from another seed than training's
+SOURCE_RECORD = "tokenizer.source.json"  # beside the run's tokenizer.json: what it was trained on
+_STEP_DIR = re.compile(r"^step-\d+$")  # a checkpoint folder (aiayn.train.checkpoint.STEP_DIR)
 
 
 @dataclass
@@ -70,23 +85,110 @@ def has_split(data: DataConfig, split: str) -> bool:
     return bool(data.task) or bool(_files(data, split))
 
 
+def _raw_texts(data: DataConfig, split: str, seed: int) -> Iterator[str]:
+    """The texts of one split as the files hold them (the tokenizer's training text), read by the data reader:
+    both sides of a pair, each line of plain text. Reading them all validates every file of the split."""
+    if data.task:
+        for s, t in _task(data, seed, split):
+            yield s
+            yield t
+        return
+    get = lambda key: getattr(data, f"{split}_{key}")  # noqa: E731
+    if get("src"):
+        lines = read_parallel(get("src"), get("tgt"))
+    elif get("tsv"):
+        lines = read_tsv(get("tsv"))
+    else:
+        lines = ((line, text, "") for line, text in read_lines(get("text"))) if get("text") else iter(())
+    for _, s, t in lines:
+        yield s
+        yield t
+
+
+def tokenizer_source(cfg: TokenizerConfig, data: DataConfig, seed: int) -> dict[str, Any]:
+    """What a trained tokenizer depends on: the training files (resolved path, size, mtime) or the built-in task,
+    and the tokenizer settings (what `<run>/tokenizer.source.json` holds)."""
+    files = []
+    for path in [] if data.task else _files(data, "train"):
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise DataError(f"cannot read {os.fspath(path)}: {e.strerror or e}") from None
+        files.append({"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    task = {"task": data.task, "task_train_size": data.task_train_size, "seed": seed} if data.task else None
+    settings = {
+        k: getattr(cfg, k) for k in ("kind", "vocab_size", "min_frequency", "max_word_chars", "max_train_chars")
+    }
+    return {"files": files, "task": task, "tokenizer": settings}
+
+
+def _read_source(path: Path) -> dict[str, Any] | None:
+    """The record beside a run's tokenizer; None when it is missing or not one."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("tokenizer"), dict) else None
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    what = [f"tokenizer.{k}: {old['tokenizer'].get(k)!r} then, {v!r} now"
+            for k, v in new["tokenizer"].items() if old["tokenizer"].get(k) != v]  # fmt: skip
+    if old.get("files") != new["files"] or old.get("task") != new["task"]:
+        what.insert(0, "the training data (files, sizes or modification times, or the task)")
+    return "; ".join(what) or "its record"
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(_STEP_DIR.match(p.name) and p.is_dir() for p in folder.iterdir())
+
+
+def _reusable(out: Path, source: dict[str, Any], log: Callable[[str], None]) -> bool:
+    """Whether the run's tokenizer `out` was trained on `source`; a run with checkpoints cannot change it."""
+    if not out.exists():
+        return False
+    saved = _read_source(out.with_name(SOURCE_RECORD))
+    if saved == source:
+        return True
+    if _has_checkpoints(out.parent):
+        if saved is None:
+            return True  # a run folder from before the record was kept: nothing to compare with
+        raise ConfigError(
+            f"the tokenizer {out} no longer matches this run ({_differences(saved, source)}), and the run has "
+            f"checkpoints trained with it: restore the data and settings, choose another --train.out_dir, "
+            f"or keep it with --tokenizer.path {out}"
+        )
+    log(f"the tokenizer in {out.parent} was trained on other data or settings: training a new one")
+    return False
+
+
 def get_tokenizer(
     cfg: TokenizerConfig, data: DataConfig, seed: int, out: Path, log: Callable[[str], None]
 ) -> Tokenizer:
-    """The configured tokenizer file, the run's own (when resuming), or a new one trained on the training text."""
+    """The configured tokenizer file, the run's own (when it was trained on this data with these settings), or a
+    new one trained on the training text, saved to `out` with its record (after every data file was read once)."""
     if cfg.path:
         return Tokenizer.load(cfg.path)
-    if out.exists():
+    source = tokenizer_source(cfg, data, seed)
+    if _reusable(out, source, log):
         return Tokenizer.load(out)
-    log(f"training a {cfg.kind} tokenizer (vocab_size {cfg.vocab_size}) on the training text")
     if data.task:
-        texts = [text for s, t in _task(data, seed, "train") for text in (s, t)]
-        tokenizer = train_tokenizer(texts, cfg.vocab_size, kind=cfg.kind, min_frequency=cfg.min_frequency)
+        texts: Iterable[str] = list(_raw_texts(data, "train", seed))
+        totals = text_totals(texts, cfg.max_word_chars)
     else:
-        tokenizer = train_tokenizer_from_files(
-            _files(data, "train"), cfg.vocab_size, kind=cfg.kind, min_frequency=cfg.min_frequency
-        )
+        totals = text_totals(_raw_texts(data, "train", seed), cfg.max_word_chars)  # reads every training file
+        for _ in _raw_texts(data, "valid", seed):
+            pass  # and every validation file: nothing is written before the data is known to be readable
+        texts = _raw_texts(data, "train", seed)
+    log(f"training a {cfg.kind} tokenizer (vocab_size {cfg.vocab_size}) on the training text")
+    out.with_name(SOURCE_RECORD).unlink(missing_ok=True)
+    tokenizer = train_tokenizer(
+        texts, cfg.vocab_size, kind=cfg.kind, min_frequency=cfg.min_frequency,
+        max_word_chars=cfg.max_word_chars, max_train_chars=cfg.max_train_chars, totals=totals,
+    )  # fmt: skip
     tokenizer.save(out)
+    write_atomic(out.with_name(SOURCE_RECORD), json.dumps(source, indent=1).encode("utf-8"))
     log(f"tokenizer: {tokenizer.vocab_size} tokens, saved to {out}")
     return tokenizer
 

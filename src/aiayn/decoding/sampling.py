@@ -31,7 +31,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def _next_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
     """One token per row (B, 1): the argmax at temperature 0, else a draw from the filtered softmax."""
-    if temperature == 0:
+    if temperature < torch.finfo(torch.float32).tiny:  # 0, or so small that fp32 cannot divide by it: the limit
         return logits.argmax(dim=-1, keepdim=True)
     # Shifted so that the largest logit is 0 before dividing: however small the temperature, the scaled logits are
     # <= 0 and at worst -inf (probability exactly 0), never an overflow to +inf and a NaN softmax.

@@ -272,8 +272,8 @@ def _beam_search(model, src, K, alpha, max_len, n_best, bos_id, eos_id, min_len,
             break
         _advance(state, cache, top, beam, token, go_on, keep, K)
     # Always n_best per source, so that callers never index an empty list: a model whose scores are not finite (or
-    # a source with fewer open prefixes than n_best) gets empty unfinished hypotheses at -inf to make up the number.
-    return [row + [Hypothesis([], float("-inf"), False)] * (n_best - len(row)) for row in results]
+    # a source with fewer open prefixes than n_best) gets empty unfinished hypotheses at the lowest score (NEG).
+    return [row + [Hypothesis([], NEG, False)] * (n_best - len(row)) for row in results]
 
 
 def _finish(state: BeamState, results, top, beam, token, step, K, alpha, n_best, eos_id):

@@ -45,6 +45,8 @@ def _average(args: argparse.Namespace, extra: list[str]) -> int:
 def _demo(args: argparse.Namespace, extra: list[str]) -> int:
     from aiayn.demo import run_demo
 
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps {args.steps}: expected an integer >= 1")
     return run_demo(task=args.task, out_dir=args.out, steps=args.steps, overrides=extra)
 
 

@@ -60,6 +60,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     try:
         write_file(tmp, data)
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power cut
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:

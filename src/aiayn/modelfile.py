@@ -79,6 +79,9 @@ def save_folder(
     """Write a model folder atomically (plus `extra` files, e.g. a trainer state); returns its path. An existing
     folder of that name is replaced. `step` names the checkpoint for the fault-injection hook (`@N`)."""
     folder = Path(folder)
+    if folder.exists() and not (folder / MANIFEST).is_file() and (not folder.is_dir() or any(folder.iterdir())):
+        # Replacing is for rewriting a model folder (the same step saved twice); anything else is the user's.
+        raise CheckpointError(f"{folder}: exists and is not a model folder; refusing to replace it (choose a new name)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(folder)
     tmp.mkdir()

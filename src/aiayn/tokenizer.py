@@ -28,12 +28,9 @@ This module imports no torch.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +40,7 @@ from tokenizers import Tokenizer as _RustTokenizer
 
 from aiayn.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SpecialIds
 from aiayn.errors import DataError
+from aiayn.files import write_atomic
 
 if TYPE_CHECKING:
     from aiayn.tokenizer_train import train_tokenizer, train_tokenizer_from_files
@@ -282,30 +280,10 @@ class Tokenizer:
         return cls(rust, source=source)
 
     def save(self, path: str | Path) -> None:
-        """Write tokenizer.json atomically: a temporary file in the same folder, fsync, then os.replace."""
+        """Write tokenizer.json atomically (aiayn.files.write_atomic: a temporary file beside it, fsync, rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.to_json().encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes the file private; a tokenizer is as readable as any file
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        write_atomic(path, self.to_json().encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

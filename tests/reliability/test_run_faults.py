@@ -164,3 +164,50 @@ def test_a_tiny_temperature_samples_the_argmax_instead_of_failing():
     for temperature in (1e-30, 1e-40, 1e-300, 5e-324):  # fp32 overflow, a subnormal, and below fp32's range
         tiny = sample(lm, prompt, 6, temperature=temperature, generator=torch.Generator().manual_seed(0))
         assert tiny == sample(lm, prompt, 6, temperature=0)
+
+
+def test_cli_mistakes_found_by_a_sweep_are_one_line_and_lose_nothing(tmp_path):
+    ref = tmp_path / "ref"
+    assert aiayn("train", *TINY, "--train.max_steps", "2", "--train.out_dir", ref).returncode == 0
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    text = tmp_path / "in.txt"
+    text.write_text("a b c\n")
+    cases = [
+        # an existing folder that is not a model folder was replaced (its files deleted) by `average --out`
+        (("average", "--models", ref / "checkpoints" / "step-000002", "--out", keep),
+         f"error: {keep}: exists and is not a model folder; refusing to replace it"),
+        (("tokenizer", "train", "--input", text, "--vocab-size", "100", "--out", tmp_path),
+         f"error: {tmp_path}: is a folder"),  # the temporary's name was printed
+        (("train", *TINY, "--train.out_dir", text), f"error: train.out_dir {text} is a file"),  # a traceback
+        (("demo", "--steps", "0"), "error: --steps 0: expected an integer >= 1"),  # ran the whole demo
+    ]  # fmt: skip
+    for args, expected in cases:
+        run = aiayn(*args)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.strip().splitlines()[-1].startswith(expected), run.stderr
+    assert (keep / "notes.txt").read_text() == "precious"
+
+
+def test_a_nul_byte_past_the_sniffed_head_is_one_line(tmp_path):
+    from aiayn.data.reader import read_lines
+    from aiayn.errors import DataError
+
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"a b\n" * 20_000 + b"x\x00y\n")  # the NUL is 80,001 bytes in: past the 64 KiB sniffed
+    with pytest.raises(DataError, match=r"train.txt line 20001 has a NUL byte \(byte offset 80001 in the file\)"):
+        list(read_lines(path))
+
+
+def test_a_trainer_state_without_what_resume_needs_is_one_line(tmp_path):
+    from aiayn.train.checkpoint import STATE_FILE, CheckpointError, restore_trainer_state
+
+    torch.save({"optimizer": {}}, tmp_path / STATE_FILE)  # loads safely (weights_only), lacks rng and trainer
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(CheckpointError, match=r"trainer_state.pt: not a trainer state \(no rng, trainer\)"):
+        restore_trainer_state(tmp_path, optimizer, None, lambda rng: None)
+    torch.save({"optimizer": {"state": {}}, "rng": {}, "trainer": {"step": 3}}, tmp_path / STATE_FILE)
+    with pytest.raises(CheckpointError, match="trainer_state.pt: does not fit this run"):
+        restore_trainer_state(tmp_path, optimizer, None, lambda rng: None)

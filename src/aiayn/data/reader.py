@@ -144,6 +144,12 @@ def _raw_lines(path: str | os.PathLike) -> Iterator[tuple[int, int, bytes]]:
 
 
 def _decode(path: str | os.PathLike, line_no: int, start: int, raw: bytes) -> str:
+    nul = raw.find(b"\x00")
+    if nul >= 0:  # the first 64 KiB are sniffed for binary files; a NUL further on is caught line by line
+        raise DataError(
+            f"{os.fspath(path)} line {line_no} has a NUL byte (byte offset {start + nul} in the file): a binary "
+            "file, or text saved in another encoding; expected UTF-8 text, one sentence per line"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

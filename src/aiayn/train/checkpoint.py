@@ -128,3 +128,24 @@ def load_trainer_state(folder: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable; say which and why
         raise CheckpointError(f"{path}: cannot load trainer state ({type(e).__name__}: {e})") from None
+
+
+def restore_trainer_state(folder: str | Path, optimizer, scaler, set_rng: Callable[[dict], None]) -> dict[str, Any]:
+    """Load trainer_state.pt into the optimizer, the GradScaler (fp16) and the RNGs; return its trainer part. A
+    state that loads safely but lacks what resume needs, or does not fit this optimizer, is one line naming the
+    file (CheckpointError), not a traceback from deep inside PyTorch."""
+    path = Path(folder) / STATE_FILE
+    state = load_trainer_state(folder)
+    missing = [key for key in ("optimizer", "rng", "trainer") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a trainer state (no {', '.join(missing)}); resume from another checkpoint")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng(state["rng"])
+        if not isinstance(state["trainer"], dict) or not isinstance(state["trainer"].get("step"), int):
+            raise ValueError("its trainer part has no step")
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"{path}: does not fit this run ({type(e).__name__}: {e})") from None
+    return state["trainer"]

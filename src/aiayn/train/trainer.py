@@ -143,6 +143,8 @@ class Trainer:
 
     def _setup(self) -> None:
         cfg, d = self.config, self.dist
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"train.out_dir {self.run_dir} is a file; expected a folder for the run")
         if self.init_from and not cfg.tokenizer.path:  # fine-tuning keeps the token ids the weights were trained on
             cfg.tokenizer.path = str(resolve(self.init_from) / "tokenizer.json")
         self.data = self._prepare_data()
@@ -217,12 +219,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         load_weights(self.model, path)
-        state = ckpt.load_trainer_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        self.state = TrainState.from_dict(state["trainer"])
+        self.state = TrainState.from_dict(ckpt.restore_trainer_state(path, self.optimizer, self.scaler, set_rng_state))
         self.log(f"resumed from {path} at step {self.state.step}")
         if self.dist.is_main:  # the log reads as one uninterrupted run: drop entries written after this checkpoint
             self.folder.truncate_metrics(self.state.step, self.log)

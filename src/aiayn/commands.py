@@ -247,6 +247,10 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
     if args.max_work is not None:
         settings.max_work = args.max_work
     settings.allowed_hosts += args.allowed_host or []
+    if args.host in ("0.0.0.0", "::", ""):
+        print(f"warning: --host {args.host!r} serves every network interface, not only this machine: anyone who can "
+              "reach it can use the model (and its CPU); the default 127.0.0.1 is this machine only",
+              file=sys.stderr, flush=True)  # fmt: skip
     print(f"serving {model.folder} at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     serve(model, args.host, args.port, settings)
     return 0

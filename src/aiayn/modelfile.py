@@ -219,8 +219,14 @@ def read_config(folder: Path) -> tuple[dict[str, Any], ModelConfig]:
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
         return config, ModelConfig.from_dict(config["model"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder / 'config.yaml'}: not a usable model config ({e})") from None
+    except yaml.YAMLError as e:  # PyYAML's own message spans several lines: its line and problem, in one
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise CheckpointError(f"{folder / 'config.yaml'}{where}: not valid YAML ({problem})") from None
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        reason = " ".join(str(e).split())
+        raise CheckpointError(f"{folder / 'config.yaml'}: not a usable model config ({reason})") from None
 
 
 def read_tokenizer(folder: Path, model_config: ModelConfig) -> Tokenizer:

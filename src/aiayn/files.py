@@ -17,22 +17,23 @@ from pathlib import Path
 from aiayn.errors import UserError
 
 
-def fault(site: str, step: int | None = None) -> None:
+def fault(site: str, step: int | None = None) -> bool:
     """Fault injection for tests: AIAYN_FAULT=<site> kills this process with SIGKILL at that site,
     <site>:sigterm sends it SIGTERM (as a scheduler would), and <site>:enospc raises 'No space left on device'
-    there. <site>@N fires only at the checkpoint of step N. A no-op otherwise. Under torchrun it fires only in
+    there, and <site>:nan returns True (the caller then makes its value NaN). <site>@N fires only at the
+    checkpoint of step N. A no-op (False) otherwise. Under torchrun it fires only in
     the first run of the workers (TORCHELASTIC_RESTART_COUNT 0: a restarted worker goes on), and only on rank
     AIAYN_FAULT_RANK when that is set (one worker of several killed)."""
     wanted = os.environ.get("AIAYN_FAULT", "")
     if not wanted or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return
+        return False
     if os.environ.get("AIAYN_FAULT_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
-        return
+        return False
     if step is not None and wanted.partition(":")[2].count("@"):
         name, _, rest = wanted.partition("@")
         at, _, action = rest.partition(":")
         if at != str(step):
-            return
+            return False
         wanted = f"{name}:{action}" if action else name
     if wanted == site:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -40,6 +41,7 @@ def fault(site: str, step: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     if wanted == f"{site}:enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return wanted == f"{site}:nan"  # the caller makes its value non-finite (the trainer: one step's loss)
 
 
 def write_file(path: Path, data: bytes) -> None:

@@ -211,3 +211,15 @@ def test_a_trainer_state_without_what_resume_needs_is_one_line(tmp_path):
     torch.save({"optimizer": {"state": {}}, "rng": {}, "trainer": {"step": 3}}, tmp_path / STATE_FILE)
     with pytest.raises(CheckpointError, match="trainer_state.pt: does not fit this run"):
         restore_trainer_state(tmp_path, optimizer, None, lambda rng: None)
+
+
+def test_one_non_finite_step_changes_no_weight_and_training_goes_on(tmp_path):
+    out = tmp_path / "run"
+    run = aiayn("train", *TINY, "--train.max_steps", "5", "--train.save_every", "1", "--train.eval_every", "5",
+                "--train.out_dir", out, env={"AIAYN_FAULT": "loss:3:nan"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    logged = {e["step"]: e for e in metrics(out) if "split" not in e}
+    assert logged[3].get("skipped_steps") == 1 and all("skipped_steps" not in logged[s] for s in (1, 2, 4, 5))
+    weights = {s: load_file(str(out / "checkpoints" / f"step-{s:06d}" / "model.safetensors")) for s in (2, 3, 4)}
+    assert all(torch.equal(weights[2][k], weights[3][k]) for k in weights[2])  # step 3 made no update
+    assert not all(torch.equal(weights[3][k], weights[4][k]) for k in weights[3])  # step 4 did

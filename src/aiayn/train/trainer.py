@@ -289,6 +289,8 @@ class Trainer:
             nll_sum += nll
             if m == 0:
                 fault(f"step:{step}")  # tests: a kill in the middle of a step (mid accumulation)
+        if fault(f"loss:{step}"):  # tests: one step whose loss is NaN (AIAYN_FAULT=loss:N:nan)
+            loss_sum = loss_sum * float("nan")
         lr = learning_rate(step, cfg.optim, cfg.model.d_model, train.max_steps)
         # A non-finite loss or gradient norm skips the update; the step still counts (schedule and data advance),
         # and every process decides alike through the same all-reduce. fp16's GradScaler skips its own steps.

@@ -193,3 +193,27 @@ def test_plain_text_with_an_encoder_decoder_is_one_line_of_error(tmp_path):
                                   "train": {"out_dir": str(tmp_path / "run")}})  # fmt: skip
     with pytest.raises(ConfigError, match="data.train_text is plain text, .* set model.arch: lm"):
         Trainer(config, log=lambda _: None).run()
+
+
+def test_model_special_ids_that_differ_from_the_tokenizers_are_one_line(tmp_path):
+    from aiayn.train.trainer import Trainer
+
+    config = RunConfig.from_dict({"data": {"task": "copy", "task_train_size": 50, "task_valid_size": 5},
+                                  "tokenizer": {"vocab_size": 60}, "model": {"pad_id": 3, "unk_id": 0},
+                                  "train": {"out_dir": str(tmp_path / "run")}})  # fmt: skip
+    expected = "model.pad_id/bos_id/eos_id/unk_id = 3/1/2/0, but the tokenizer's are 0/1/2/3"
+    with pytest.raises(ConfigError, match=expected):
+        Trainer(config, log=lambda _: None).run()
+
+
+def test_the_cli_prints_a_renamed_key_as_one_note_line():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "aiayn", "train", "--data.max_tokens", "2"], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "note: data.max_tokens is now called data.max_example_tokens; the old name still works",
+        "error: DataConfig.max_example_tokens=2 must be >= 3 (BOS, one token, EOS)",
+    ]

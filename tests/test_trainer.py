@@ -12,19 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import runs
 from aiayn.train.distributed import bf16_matmul_precision_works
+from runs import ROOT, aiayn, metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--data.task", "copy", "--data.task_train_size", "400", "--data.task_valid_size", "20",
-    "--tokenizer.vocab_size", "300",
-    "--model.d_model", "32", "--model.n_heads", "2", "--model.n_encoder_layers", "1", "--model.n_decoder_layers", "1",
-    "--model.d_ff", "64", "--model.dropout", "0.1",
-    "--optim.schedule", "inverse_sqrt", "--optim.lr", "0.003", "--optim.warmup", "4",
-    "--train.max_steps", "12", "--train.max_tokens", "256", "--train.grad_accum", "2", "--train.save_every", "4",
-    "--train.log_every", "1", "--train.eval_every", "6", "--train.eval_bleu_sentences", "10", "--train.seed", "3",
-    "--train.threads", "1",
-]  # fmt: skip
+TINY = [*runs.TINY, "--train.grad_accum", "2"]
 LM_TEXT = "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}" for i in range(300)) + "\n"
 
 
@@ -39,25 +31,9 @@ def lm_args(text_file):
     ]  # fmt: skip
 
 
-def aiayn(*args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "aiayn", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
-    )  # fmt: skip
-
-
 def train(out, *extra, fault=None):
     env = {"AIAYN_FAULT": fault} if fault else None
     return aiayn("train", *TINY, "--train.out_dir", out, *extra, env=env)
-
-
-def metrics(run):
-    """Every logged entry, without the wall-clock throughput (the only field allowed to differ)."""
-    entries = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-    for e in entries:
-        e.pop("tokens_per_s", None)
-        e.pop("seconds", None)
-    return entries
 
 
 def final_weights(run):

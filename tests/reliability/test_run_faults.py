@@ -2,12 +2,9 @@
 decodes; a torn metrics.jsonl line does not block resume; failed writes leave no temporary and name their
 target; devices, output paths and tiny temperatures are one line or handled exactly."""
 
-import json
-import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,31 +15,7 @@ from aiayn.decoding import beam_search, greedy_search, sample
 from aiayn.errors import ConfigError, UserError
 from aiayn.files import write_atomic
 from aiayn.model import build
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--data.task", "copy", "--data.task_train_size", "400", "--data.task_valid_size", "20",
-    "--tokenizer.vocab_size", "300",
-    "--model.d_model", "32", "--model.n_heads", "2", "--model.n_encoder_layers", "1", "--model.n_decoder_layers", "1",
-    "--model.d_ff", "64", "--model.dropout", "0.1",
-    "--optim.schedule", "inverse_sqrt", "--optim.lr", "0.003", "--optim.warmup", "4",
-    "--train.max_steps", "12", "--train.max_tokens", "256", "--train.save_every", "4",
-    "--train.log_every", "1", "--train.eval_every", "6", "--train.eval_bleu_sentences", "10", "--train.seed", "3",
-    "--train.threads", "1",
-]  # fmt: skip
-
-
-def aiayn(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "aiayn", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, **(env or {})})  # fmt: skip
-
-
-def metrics(run):
-    entries = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-    for e in entries:
-        e.pop("tokens_per_s", None)
-        e.pop("seconds", None)
-    return entries
+from runs import ROOT, TINY, aiayn, metrics
 
 
 def test_a_diverged_run_skips_its_updates_stops_with_exit_3_and_saves_only_finite_weights(tmp_path):

@@ -5,7 +5,6 @@ PyTorch's restarted workers otherwise reconnect to the dead worker's TCP store a
 TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, set for torchrun itself, gives each restart a store of its own. The README
 says to set it."""
 
-import json
 import os
 import subprocess
 import sys
@@ -14,17 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--data.task", "copy", "--data.task_train_size", "400", "--data.task_valid_size", "20",
-    "--tokenizer.vocab_size", "300",
-    "--model.d_model", "32", "--model.n_heads", "2", "--model.n_encoder_layers", "1", "--model.n_decoder_layers", "1",
-    "--model.d_ff", "64", "--model.dropout", "0.1",
-    "--optim.schedule", "inverse_sqrt", "--optim.lr", "0.003", "--optim.warmup", "4",
-    "--train.max_steps", "12", "--train.max_tokens", "256", "--train.save_every", "4",
-    "--train.log_every", "1", "--train.eval_every", "6", "--train.eval_bleu_sentences", "10", "--train.seed", "3",
-    "--train.threads", "1", "--train.device", "cpu",
-]  # fmt: skip
+import runs
+from runs import ROOT, metrics
+
+TINY = [*runs.TINY, "--train.device", "cpu"]
 
 
 def torchrun(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -32,11 +24,6 @@ def torchrun(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
            "-m", "aiayn", "train", *TINY, "--train.out_dir", str(out), "--resume", "auto"]  # fmt: skip
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **env}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-
-
-def metrics(run: Path) -> list[dict]:
-    entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in e.items() if k not in ("tokens_per_s", "seconds")} for e in entries]
 
 
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_uninterrupted(tmp_path):

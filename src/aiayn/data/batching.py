@@ -20,8 +20,6 @@ AIAYN_IDS = SpecialIds()  # the ids of every tokenizer aiayn trains
 if TYPE_CHECKING:
     import torch
 
-    from aiayn.data.corpus import TokenCorpus
-
 
 def token_batches(
     src_lengths: np.ndarray, tgt_lengths: np.ndarray | None, max_tokens: int, seed: int, epoch: int
@@ -76,7 +74,24 @@ def token_batches(
     return [batches[b] for b in rng.permutation(len(batches))]
 
 
-class TokenRows:
+class TokenLayout:
+    """What `collate` and `token_batches` read, shared by TokenCorpus (memory-mapped caches) and TokenRows (in
+    memory): flat ids + offsets per side (`_src_ids`, `_src_offsets`, `_tgt_*`), `src_lengths`, `tgt_lengths`
+    (None for a monolingual corpus)."""
+
+    src_lengths: np.ndarray
+    tgt_lengths: np.ndarray | None
+
+    @property
+    def paired(self) -> bool:
+        """True for a translation corpus (source and target), False for a monolingual one."""
+        return self.tgt_lengths is not None
+
+    def __len__(self) -> int:
+        return len(self.src_lengths)
+
+
+class TokenRows(TokenLayout):
     """Examples held in memory in a TokenCorpus's layout (flat ids + offsets per side): what `collate` and
     `token_batches` read. From lists of ids (no specials): `TokenRows(src)` or `TokenRows(src, tgt)`."""
 
@@ -89,13 +104,6 @@ class TokenRows:
         else:
             self._tgt_ids = self._tgt_offsets = self.tgt_lengths = None
 
-    @property
-    def paired(self) -> bool:
-        return self.tgt_lengths is not None
-
-    def __len__(self) -> int:
-        return len(self.src_lengths)
-
 
 def _flat(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lists of ids -> (flat ids, offsets (n + 1,), lengths (n,))."""
@@ -107,7 +115,7 @@ def _flat(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def collate(
-    corpus: TokenCorpus | TokenRows,
+    corpus: TokenLayout,
     indices: Sequence[int] | np.ndarray,
     device: torch.device | str | None = None,
     specials: SpecialIds = AIAYN_IDS,

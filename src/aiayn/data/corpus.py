@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiayn.data.batching import collate, token_batches
+from aiayn.data.batching import TokenLayout, collate, token_batches
 from aiayn.data.cache_writer import (
     _IDS,
     _LENGTHS,
@@ -39,7 +39,7 @@ from aiayn.data.reader import DataError
 __all__ = ["CorpusStats", "TokenCorpus", "cache_key", "collate", "token_batches", "token_stream"]
 
 
-class TokenCorpus:
+class TokenCorpus(TokenLayout):
     """n examples of token ids in flat int32 arrays with int64 offsets, memory-mapped from a cache folder.
 
     `src(i)` / `tgt(i)` are the ids of example i without special tokens (read-only views of the memory map);
@@ -69,14 +69,6 @@ class TokenCorpus:
             self.tgt_lengths = _map(folder, "tgt.lengths", _LENGTHS, counts)
         else:
             self._tgt_ids = self._tgt_offsets = self.tgt_lengths = None
-
-    @property
-    def paired(self) -> bool:
-        """True for a translation corpus (source and target), False for a monolingual one."""
-        return self.tgt_lengths is not None
-
-    def __len__(self) -> int:
-        return self._n
 
     def __repr__(self) -> str:
         return f"TokenCorpus({str(self.folder)!r}, n={self._n:,}, paired={self.paired})"

@@ -68,7 +68,6 @@ class Pretrained:
 
     def __init__(self, model: torch.nn.Module, tokenizer, config: dict[str, Any], folder: Path | None) -> None:
         self.model, self.tokenizer, self.config, self.folder = model, tokenizer, config, folder
-        self.decoder = model  # what decoding steps through: the model, or its compiled step (aiayn.load(compile=))
 
     @property
     def is_lm(self) -> bool:

@@ -75,7 +75,7 @@ class Generator(Pretrained):
         else:
             generator.seed()
         prompt = torch.tensor(ids, device=self.device)  # (B, P)
-        out = sample(self.decoder, prompt, max_new_tokens, decode.temperature, decode.top_k, decode.top_p, generator,
+        out = sample(self.model, prompt, max_new_tokens, decode.temperature, decode.top_k, decode.top_p, generator,
                      slide=True, should_stop=should_stop)  # fmt: skip
         return [self.tokenizer.decode(row) for row in out]
 

@@ -67,7 +67,7 @@ class Translator(Pretrained):
         decode = decode_config(decode, beam=beam, alpha=alpha, max_len=max_len, n_best=n_best,
                                batch_tokens=batch_tokens)  # fmt: skip
         texts = [texts] if isinstance(texts, str) else list(texts)
-        hyps = translate_texts(self.decoder, self.tokenizer, texts, decode, self.device, progress, should_stop)
+        hyps = translate_texts(self.model, self.tokenizer, texts, decode, self.device, progress, should_stop)
         return [
             [Translation(detokenize(self.tokenizer, h.tokens), h.score, h.finished) for h in row]
             if row is not None else [Translation("", 0.0, True)]
@@ -88,7 +88,7 @@ class Translator(Pretrained):
         source = encode_sources(self.tokenizer, [text], self.model.config.max_len, ids.eos)[0]
         if source is None:
             raise RequestError("text: empty; give a sentence to translate")
-        hyp = search(self.decoder, torch.tensor([source], device=self.device), decode)[0][0]
+        hyp = search(self.model, torch.tensor([source], device=self.device), decode)[0][0]
         tokens = hyp.tokens
         decoder_in = [ids.bos] + (tokens if hyp.finished else tokens[:-1])
         output = self.tokenizer.labels(tokens) + (["<eos>"] if hyp.finished else [])

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny_run
 import torch
 from safetensors.torch import load_file
+from tiny_run import ROOT, aiayn, metrics
 
-import runs
 from aiayn.train.distributed import bf16_matmul_precision_works
-from runs import ROOT, aiayn, metrics
 
-TINY = [*runs.TINY, "--train.grad_accum", "2"]
+TINY = [*tiny_run.TINY, "--train.grad_accum", "2"]
 LM_TEXT = "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}" for i in range(300)) + "\n"
 
 

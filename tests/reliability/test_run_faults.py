@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import ROOT, TINY, aiayn, metrics
 
 from aiayn.config import ModelConfig
 from aiayn.decoding import beam_search, greedy_search, sample
 from aiayn.errors import ConfigError, UserError
 from aiayn.files import write_atomic
 from aiayn.model import build
-from runs import ROOT, TINY, aiayn, metrics
 
 
 def test_a_diverged_run_skips_its_updates_stops_with_exit_3_and_saves_only_finite_weights(tmp_path):

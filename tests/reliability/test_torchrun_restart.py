@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import tiny_run
 import torch
 from safetensors.torch import load_file
+from tiny_run import ROOT, metrics
 
-import runs
-from runs import ROOT, metrics
-
-TINY = [*runs.TINY, "--train.device", "cpu"]
+TINY = [*tiny_run.TINY, "--train.device", "cpu"]
 
 
 def torchrun(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -23,7 +23,15 @@ def fault(site: str, step: int | None = None) -> bool:
     there, and <site>:nan returns True (the caller then makes its value NaN). <site>@N fires only at the
     checkpoint of step N. A no-op (False) otherwise. Under torchrun it fires only in
     the first run of the workers (TORCHELASTIC_RESTART_COUNT 0: a restarted worker goes on), and only on rank
-    AIAYN_FAULT_RANK when that is set (one worker of several killed)."""
+    AIAYN_FAULT_RANK when that is set (one worker of several killed).
+
+    The sites of a checkpoint write, in order (all take @N): ckpt:mid_file (half of model.safetensors' bytes
+    written and flushed; :enospc is a write that fails part-way), ckpt:fsync (model.safetensors written, before
+    its fsync), ckpt:after_first_file, ckpt:before_manifest, ckpt:before_rename, ckpt:rename (the folder's
+    os.replace itself; :enospc is a rename that fails for lack of space), ckpt:after_rename (before the parent
+    folder's fsync), then for each pointer ckpt:before_pointer (any pointer: the first moved is `last`) and
+    ckpt:before_last / ckpt:before_best (that one only), with its temporary symlink made but not renamed. The
+    trainer's: step:N (mid-step), loss:N (:nan), after_step:N."""
     wanted = os.environ.get("AIAYN_FAULT", "")
     if not wanted or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return False
@@ -44,10 +52,20 @@ def fault(site: str, step: int | None = None) -> bool:
     return wanted == f"{site}:nan"  # the caller makes its value non-finite (the trainer: one step's loss)
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Write and fsync: errors such as ENOSPC can surface only at the fsync, and they propagate."""
+def write_file(path: Path, data: bytes, site: str = "", step: int | None = None) -> None:
+    """Write and fsync: errors such as ENOSPC can surface only at the fsync, and they propagate. `site` names
+    the write for fault injection (`<site>:mid_file`, `<site>:fsync`, see `fault`)."""
     with open(path, "wb") as f:
-        f.write(data)
+        if site and os.environ.get("AIAYN_FAULT"):  # tests only: a plain write otherwise
+            half = len(data) // 2
+            f.write(data[:half])
+            f.flush()  # the half is in the file, not in Python's buffer, when the fault fires
+            fault(f"{site}:mid_file", step)
+            f.write(data[half:])
+            f.flush()
+            fault(f"{site}:fsync", step)
+        else:
+            f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -73,14 +91,16 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
-def disk_full(target: Path, needed: int) -> UserError:
-    """The one line for a full disk: what could not be written, how much it needed, how much is free."""
+def disk_full(target: Path, needed: int, what: str = "") -> UserError:
+    """The one line for a full disk: what could not be written, how much it needed (or, for `what` written in
+    a stream, how much of it had been written), how much is free."""
     folder = target if target.is_dir() else target.parent
     try:
         free = f"{shutil.disk_usage(folder).free:,} bytes free"
     except OSError:
         free = "free space unknown"
-    return UserError(f"{target}: No space left on device (writing {needed:,} bytes; {free} in {folder})")
+    writing = f"{needed:,} bytes of {what} written" if what else f"writing {needed:,} bytes"
+    return UserError(f"{target}: No space left on device ({writing}; {free} in {folder})")
 
 
 def fsync_dir(path: Path) -> None:

@@ -96,7 +96,7 @@ def save_folder(
         manifest: dict[str, Any] = {"format": FORMAT, "step": step, "files": {}}
         for i, (name, make) in enumerate(files):
             data = make()
-            write_file(tmp / name, data)
+            write_file(tmp / name, data, "ckpt" if i == 0 else "", step)  # the weights carry the mid-file sites
             manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             if i == 0:
                 fault("ckpt:after_first_file", step)
@@ -106,6 +106,7 @@ def save_folder(
         fault("ckpt:before_rename", step)
         if folder.exists():  # rewriting the same step (e.g. a save on SIGTERM right after a periodic save)
             shutil.rmtree(folder)
+        fault("ckpt:rename", step)  # tests: the rename itself failing (ckpt:rename:enospc)
         os.replace(tmp, folder)
         fault("ckpt:after_rename", step)
         fsync_dir(folder.parent)

@@ -202,12 +202,20 @@ class _Writer:
         if getattr(self.stats, f"first_{kind}") is None:
             setattr(self.stats, f"first_{kind}", first_line)
 
-    def close_files(self) -> None:
+    def close_files(self) -> list[OSError]:
+        """Close every file, even when closing one fails (a full disk shows at the last flush); their errors."""
+        errors = []
         for f in self.files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError as e:
+                errors.append(e)
+        return errors
 
     def close(self) -> None:
-        self.close_files()
+        errors = self.close_files()
+        if errors:
+            raise errors[0]
         if self.stats.kept == 0:
             return
         meta = {"format": FORMAT_VERSION, "n": self.stats.kept, "paired": bool(self.paired), "counts": self.counts}

@@ -12,11 +12,11 @@ re-exports the rest, so that every name above imports from here.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from aiayn.data.cache_writer import (
     _Writer,
 )
 from aiayn.data.reader import DataError
+from aiayn.files import disk_full, temp_beside
 
 __all__ = ["CorpusStats", "TokenCorpus", "cache_key", "collate", "token_batches", "token_stream"]
 
@@ -145,7 +146,10 @@ class TokenCorpus(TokenLayout):
             raise ValueError(f"max_ratio must be >= 1 or None, got {max_ratio}")
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # a build of this cache that was killed
+            shutil.rmtree(stale)
+        tmp = temp_beside(folder)
+        tmp.mkdir()
         writer = _Writer(tmp, encode_batch, max_tokens=max_tokens, max_ratio=max_ratio, name=name)
         try:
             batch: list[tuple[int, str, str | None]] = []
@@ -164,9 +168,12 @@ class TokenCorpus(TokenLayout):
                 lines = "line" if stats.read == 1 else "lines"
                 raise DataError(f"no training examples in {name} (read {stats.read:,} {lines}: {stats._counts()})")
             _replace_folder(tmp, folder)
-        except BaseException:
-            writer.close_files()
+        except BaseException as e:
+            writer.close_files()  # errors closing (a full disk again, at the flush) are the one being raised
+            written = sum(f.stat().st_size for f in tmp.iterdir()) if tmp.is_dir() else 0
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise disk_full(folder, written, "the token cache") from None
             raise
         return cls.open(folder)
 

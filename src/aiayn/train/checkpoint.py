@@ -92,11 +92,15 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
 
 
 def remove_stale(root: str | Path) -> list[Path]:
-    """Delete temporary folders left by a write that was killed; returns what was removed."""
+    """Delete the temporaries (`.NAME.tmp-*`: folders, files, pointer symlinks) left under `root` by a write that
+    was killed; returns what was removed. One that cannot be removed is an error, not silently kept."""
     root = Path(root)
-    stale = [p for p in root.glob(".*.tmp-*")] if root.is_dir() else []
+    stale = sorted(root.glob(".*.tmp-*")) if root.is_dir() else []
     for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:  # a file or a symlink (rmtree refuses a symlink, and ignore_errors used to hide that)
+            p.unlink(missing_ok=True)
     return stale
 
 
@@ -111,14 +115,26 @@ def latest_valid(root: str | Path, warn: Callable[[str], None]) -> Path | None:
     return None
 
 
-def set_pointer(run_dir: str | Path, name: str, target: Path) -> None:
-    """Point `run_dir/name` (a relative symlink: `best`, `last`) at a checkpoint folder, atomically."""
+def set_pointer(run_dir: str | Path, name: str, target: Path, step: int | None = None) -> None:
+    """Point `run_dir/name` (a relative symlink: `best`, `last`) at a checkpoint folder, atomically. A full disk
+    is one line naming the pointer, with its temporary removed. `step` is the checkpoint being saved (for `@N`)."""
     run_dir = Path(run_dir)
     tmp = temp_beside(run_dir / name)
-    os.symlink(os.path.relpath(target, run_dir), tmp)
-    fault("ckpt:before_pointer")
-    os.replace(tmp, run_dir / name)
-    fsync_dir(run_dir)
+    link = os.path.relpath(target, run_dir)
+    try:
+        os.symlink(link, tmp)
+        fault("ckpt:before_pointer", step)
+        fault(f"ckpt:before_{name}", step)
+        os.replace(tmp, run_dir / name)
+        fsync_dir(run_dir)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise disk_full(run_dir / name, len(link)) from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_trainer_state(folder: str | Path) -> dict[str, Any]:

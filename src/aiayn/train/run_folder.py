@@ -1,11 +1,11 @@
 """The run folder: what one training run writes, and only rank 0 writes it.
 
-    <out_dir>/config.yaml        the run's resolved config
-    <out_dir>/tokenizer.json     the tokenizer (trained here, or a copy of the one given)
-    <out_dir>/metrics.jsonl      one JSON object per log line and per evaluation
-    <out_dir>/checkpoints/step-NNNNNN/   model folders + trainer_state.pt (aiayn.train.checkpoint)
-    <out_dir>/best, <out_dir>/last       relative symlinks to checkpoints
-    <out_dir>/cache/             token caches (aiayn.data.prepare)
+<out_dir>/config.yaml        the run's resolved config
+<out_dir>/tokenizer.json     the tokenizer (trained here, or a copy of the one given)
+<out_dir>/metrics.jsonl      one JSON object per log line and per evaluation
+<out_dir>/checkpoints/step-NNNNNN/   model folders + trainer_state.pt (aiayn.train.checkpoint)
+<out_dir>/best, <out_dir>/last       relative symlinks to checkpoints
+<out_dir>/cache/             token caches (aiayn.data.prepare)
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ class RunFolder:
                 )
             return None
         if resume == "auto":
-            for path in ckpt.remove_stale(self.checkpoints) if is_main else []:
+            # the run folder too: a pointer's temporary symlink (`.last.tmp-*`), a config or metrics rewrite
+            stale = [*ckpt.remove_stale(self.checkpoints), *ckpt.remove_stale(self.root)] if is_main else []
+            for path in stale:
                 log(f"removed the unfinished checkpoint write {path}")
             barrier()
             return ckpt.latest_valid(self.checkpoints, log)
@@ -109,13 +111,13 @@ class RunFolder:
         prune to the newest keep_last plus the best."""
         folder = self.checkpoints / f"step-{step:06d}"
         ckpt.save_checkpoint(folder, step=step, **checkpoint)
-        ckpt.set_pointer(self.root, "last", folder)
+        ckpt.set_pointer(self.root, "last", folder, step)
         if best_step is not None:
             best = self.checkpoints / f"step-{best_step:06d}"
             if best.exists():
-                ckpt.set_pointer(self.root, "best", best)
+                ckpt.set_pointer(self.root, "best", best, step)
         elif not (self.root / "best").exists():
-            ckpt.set_pointer(self.root, "best", folder)
+            ckpt.set_pointer(self.root, "best", folder, step)
         self.prune(keep_last)
         return folder
 
@@ -128,7 +130,6 @@ class RunFolder:
         for _, path in ckpt.list_checkpoints(self.checkpoints):
             if path.resolve() not in keep:
                 shutil.rmtree(path, ignore_errors=True)
-
 
     def check_compatible(self, path: Path, model: dict[str, Any], tokenizer_fingerprint: str) -> None:
         """ResumeError listing every difference between checkpoint `path` and this run (model keys, tokenizer)."""

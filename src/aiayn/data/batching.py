@@ -35,24 +35,29 @@ def token_batches(
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    src = np.asarray(src_lengths, dtype=np.int64)
+    src = np.asarray(src_lengths)  # not copied: often the memory-mapped lengths of a token cache
     n = len(src)
     if tgt_lengths is not None and len(tgt_lengths) != n:
         raise ValueError(f"src_lengths has {n} entries, tgt_lengths {len(tgt_lengths)}")
     rng = np.random.default_rng([int(seed), int(epoch)])
     perm = rng.permutation(n)
-    width = src[perm] + 1
+    # Memory is a few arrays of n (about 40 bytes an example at the peak): widths are int32 where they fit.
+    width = _widths(src[perm], 1)
     if tgt_lengths is None:
         key = width
     else:
-        tgt = np.asarray(tgt_lengths, dtype=np.int64)[perm]
+        tgt = np.asarray(tgt_lengths)[perm].astype(np.int64)
         key = tgt * (int(width.max(initial=0)) + 1) + width  # sorts by (tgt length, src length)
-        width = np.maximum(width, tgt + 2)
+        width = np.maximum(width, _widths(tgt, 2))
+        del tgt
     if n and key.min() >= 0 and key.max() < 2**16:
         key = key.astype(np.uint16)  # numpy's stable sort is a radix sort for 16-bit keys: ~10x faster
     order = np.argsort(key, kind="stable")
+    del key
     indices = perm[order]
+    del perm
     width = width[order]
+    del order
 
     batches = []
     # No batch that starts at `start` can hold more than max_tokens // width[start] examples: look at that many at
@@ -72,6 +77,15 @@ def token_batches(
         batches.append(indices[start : start + size])
         start += size
     return [batches[b] for b in rng.permutation(len(batches))]
+
+
+def _widths(lengths: np.ndarray, extra: int) -> np.ndarray:
+    """lengths + extra as int32 when every value fits, else int64."""
+    lengths = np.asarray(lengths, dtype=np.int64) if lengths.dtype.kind not in "iu" else lengths
+    small = len(lengths) == 0 or (int(lengths.min()) >= -(2**31) and int(lengths.max()) + extra < 2**31)
+    out = lengths.astype(np.int32 if small else np.int64)  # a copy: safe to add to in place
+    out += extra
+    return out
 
 
 class TokenLayout:

@@ -111,14 +111,16 @@ def text_windows(
 ) -> Iterator[Batch]:
     """The token stream cut into windows of block + 1 tokens, each predicting its last block tokens, so every
     token after the first is predicted once, in order, rows_per_batch windows at a time: ((inputs,), target).
-    whole=True also yields a last partial window (a short text's every token counts)."""
-    stream = np.asarray(stream, dtype=np.int64)
+    whole=True also yields a last partial window (a short text's every token counts).
+    The stream (often the int32 memory map of a token cache) is read a batch at a time, never copied whole."""
+    stream = np.asarray(stream)
     n_full = (len(stream) - 1) // block if len(stream) > 1 else 0
     for start in range(0, n_full, rows_per_batch):
         rows = np.arange(start, min(start + rows_per_batch, n_full)) * block
-        windows = torch.from_numpy(stream[rows[:, None] + np.arange(block + 1)[None, :]]).to(device)  # (B, block+1)
+        windows = stream[rows[:, None] + np.arange(block + 1)[None, :]].astype(np.int64)  # (B, block + 1)
+        windows = torch.from_numpy(windows).to(device)
         yield (windows[:, :-1],), windows[:, 1:]
     rest = len(stream) - 1 - n_full * block
     if whole and rest > 0:
-        tail = torch.from_numpy(np.ascontiguousarray(stream[n_full * block :][None, :])).to(device)  # (1, rest + 1)
+        tail = torch.from_numpy(stream[n_full * block :][None, :].astype(np.int64)).to(device)  # (1, rest + 1)
         yield (tail[:, :-1],), tail[:, 1:]

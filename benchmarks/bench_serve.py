@@ -41,8 +41,9 @@ def sentences(model_dir: str, n: int) -> list[str]:
     return [s for s, _ in task_pairs("dates", n, 123)]
 
 
-def tiny_model(folder: Path) -> str:
-    """A small random-weight encoder-decoder on the dates task's tokenizer; EOS made likely so outputs end."""
+def tiny_model(folder: Path, ends: bool = True) -> str:
+    """A small random-weight encoder-decoder on the dates task's tokenizer; EOS made likely so outputs end (with
+    ends=False it is never likely: every request decodes to its length limit, as the heaviest requests do)."""
     import torch
 
     from aiayn.config import ModelConfig
@@ -58,17 +59,18 @@ def tiny_model(folder: Path) -> str:
     model = build(config).eval()
     with torch.no_grad():
         model.output.weight.mul_(4.0)
-        model.output.bias[config.special_ids.eos] = 5.0
+        model.output.bias[config.special_ids.eos] = 5.0 if ends else -50.0
     tokenizer.save(folder / "tokenizer.json")
-    save_checkpoint(folder / "tiny", model=model, config={"model": config.to_dict()},
+    name = "tiny" if ends else "tiny-endless"
+    save_checkpoint(folder / name, model=model, config={"model": config.to_dict()},
                     tokenizer_json=(folder / "tokenizer.json").read_bytes())  # fmt: skip
-    return str(folder / "tiny")
+    return str(folder / name)
 
 
-def abandon(port: int, texts: list[str]) -> None:
+def abandon(port: int, texts: list[str], beam: int = 16, max_len: int = 128) -> None:
     """Send a heavy request (4 texts, beam 16, up to 128 new tokens each: well within the server's work limit)
     and go away 20 ms later without reading the answer."""
-    data = json.dumps({"text": texts, "beam": 16, "max_len": 128}).encode()
+    data = json.dumps({"text": texts, "beam": beam, "max_len": max_len}).encode()
     head = "POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     head += f"Content-Length: {len(data)}\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

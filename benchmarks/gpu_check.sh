@@ -16,6 +16,8 @@ print("torch", torch.__version__, "| cuda", torch.version.cuda, "|", torch.cuda.
 PY
 echo "== CUDA tests"
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -n 15
+echo "== battery N1 on the GPU: all-padding rows in fp16 and bf16 autocast stay finite"
+python3 -m pytest -q -p no:cacheprovider tests/test_transformer.py -k "padding_only and cuda" 2>&1 | tail -n 5
 echo "== aiayn demo (dates) on the GPU"
 /usr/bin/time -f "demo wall %e s" python3 -m aiayn demo --out "$OUT/demo" 2>&1 | tail -n 4
 echo "== Multi30k en->de, configs/multi30k-tiny.yaml, bf16, ${STEPS} steps or ${MINUTES} minutes"

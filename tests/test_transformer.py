@@ -146,19 +146,26 @@ def test_sentence_alone_equals_sentence_padded_in_a_batch():
     torch.testing.assert_close(lm(ids[1:, :3]), batch_logits[1:, :3], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_padding_only_sequences_keep_everything_finite(dtype):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it)")
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype"),
+    [("cpu", torch.float32), ("cpu", torch.bfloat16), ("cpu", torch.float16),
+     pytest.param("cuda", torch.float16, marks=CUDA), pytest.param("cuda", torch.bfloat16, marks=CUDA)],
+)  # fmt: skip
+def test_padding_only_sequences_keep_everything_finite(device, dtype):
     """A batch row whose source is all padding: every query of its encoder and every cross-attention query
     sees no key at all. Outputs, the loss and all gradients must stay finite, and the other rows unchanged."""
     torch.manual_seed(4)
-    model = Transformer(tiny(dropout=0.0))
-    src, tgt = padded_batch([5, 6], seed=9), padded_batch([4, 4], seed=10)
+    model = Transformer(tiny(dropout=0.0)).to(device)
+    src, tgt = padded_batch([5, 6], seed=9).to(device), padded_batch([4, 4], seed=10).to(device)
     src[1] = PAD
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+    with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
         logits = model(src, tgt)
         alone = model(src[:1], tgt[:1])
-    assert torch.isfinite(logits).all()
-    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    assert logits.dtype == dtype and torch.isfinite(logits).all()
+    tol = {torch.float32: 1e-6, torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]
     torch.testing.assert_close(logits[:1].float(), alone.float(), atol=tol, rtol=tol)
     loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.roll(-1, 1).flatten(), ignore_index=PAD)
     assert torch.isfinite(loss)

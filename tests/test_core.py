@@ -17,6 +17,7 @@ from aiayn.model import (
     CausalLM,
     Kernels,
     LanguageModel,
+    RNNSeq2Seq,
     Seq2SeqModel,
     Transformer,
     build,
@@ -36,7 +37,7 @@ def tiny(arch="seq2seq", vocab_size=12, seed=0, **overrides):
 
 
 def test_the_registry_builds_each_family_and_names_its_task_kind():
-    assert {"seq2seq": Transformer, "lm": LanguageModel} == FAMILIES
+    assert {"seq2seq": Transformer, "lm": LanguageModel, "rnn": RNNSeq2Seq} == FAMILIES
     assert build_model is build
     s2s, lm = tiny(), tiny("lm")
     assert type(s2s) is Transformer and type(lm) is LanguageModel

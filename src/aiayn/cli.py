@@ -97,7 +97,13 @@ def _parser_demo(sub) -> None:
         "language model on Python's standard library source instead and samples from it.",
     )
     p.add_argument("--task", choices=["dates", "lm"], default="dates")
-    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/demo-<task>)")
+    p.add_argument(
+        "--arch",
+        choices=["transformer", "rnn"],
+        default="transformer",
+        help="dates task only: rnn trains a bidirectional LSTM with additive attention instead (runs/demo-dates-rnn)",
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/demo-<task>[-rnn])")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's config)")
     p.set_defaults(func=_demo, extra_ok=True)
 
@@ -191,6 +197,8 @@ def _parser_explain(sub) -> None:
     p.add_argument("text", help="the sentence to translate (LM: the text to continue)")
     p.add_argument("--out", default="report.html", metavar="FILE", help="the HTML file to write (default report.html)")
     p.add_argument("--beam", type=int, default=1, help="beam size of the translation walked (default 1: greedy)")
+    p.add_argument("--layer", type=int, default=0, help="recurrent models (arch rnn): the encoder layer whose "
+                   "gates and cell states are shown (default 0; the Transformer shows every layer)")  # fmt: skip
     p.set_defaults(func=_explain)
 
 

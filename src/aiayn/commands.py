@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps {args.steps}: expected an integer >= 1")
-    return run_demo(task=args.task, out_dir=args.out, steps=args.steps, overrides=extra)
+    return run_demo(task=args.task, out_dir=args.out, steps=args.steps, overrides=extra, arch=args.arch)
 
 
 def _input_lines(path: str | None) -> list[str]:
@@ -222,7 +222,7 @@ def _explain(args: argparse.Namespace, extra: list[str]) -> int:
     from aiayn.explain import explain
     from aiayn.inference import load
 
-    out = explain(load(args.model, device=args.device), args.text, args.out, beam=args.beam)
+    out = explain(load(args.model, device=args.device), args.text, args.out, beam=args.beam, layer=args.layer)
     print(f"wrote {out}: open it in a browser (it needs no network)")
     return 0
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aiayn import explain_rnn
 from aiayn.config import TaskKind
 from aiayn.errors import UserError
 from aiayn.model.layers import softmax
@@ -53,16 +54,21 @@ class Walk:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     shapes: dict[str, list[int]] = field(default_factory=dict)
     task: str = "pairs"  # TaskKind value: what the report shows (an encoder, a translation) depends on it
+    # a family with recurrent sublayers (aiayn.explain_rnn): the layer shown, its cell, the attention modules
+    recurrent: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
-def walk(pretrained, text: str, beam: int = 1) -> Walk:
+def walk(pretrained, text: str, beam: int = 1, layer: int = 0) -> Walk:
     """Run `text` through a loaded model (`aiayn.load(DIR)`) once, keeping what the report shows. Pairs: the
     source, then the model's own translation (greedy, or beam search with `beam`) fed back teacher-forced. Text:
-    the text, and the next token after it."""
+    the text, and the next token after it. A family with recurrent sublayers shows the gates of encoder layer
+    `layer` (the Transformer's report shows every layer)."""
     model = pretrained.model
     w, inputs = _start(pretrained, text, beam)
-    handles = _hooks(model, w)
+    recurrent = any(kind == "recurrent" for _, kind, _ in model.sublayers())
+    captured: dict[str, tuple] = {}  # what the recurrent and attention sublayers read and returned
+    handles = _hooks(model, w) + (explain_rnn.recurrent_hooks(model, captured) if recurrent else [])
     try:
         with record_attention(model, detail=True) as recorder:
             logits = model(*inputs)  # (1, T, V)
@@ -70,6 +76,9 @@ def walk(pretrained, text: str, beam: int = 1) -> Walk:
         for handle in handles:
             handle.remove()
     _attention_values(w, recorder)
+    if recurrent:
+        explain_rnn.encoder_values(w, captured, layer, DIMS)
+        explain_rnn.attention_values(w, captured, recorder, DIMS)
     _final_values(w, logits[0].float())
     return w
 
@@ -256,9 +265,8 @@ def _embedding_html(w: Walk, name: str, labels: list[str], ids: list[int]) -> st
         if w.config["positional"] == "learned":
             kind = "learned position embedding"
         parts.append(_table(w.values[name + ".position"], labels, kind, w.shapes[name + ".position"]))
-    parts.append(
-        _table(w.values[name + ".output"], labels, "their sum: the first layer's input", w.shapes[name + ".output"])
-    )
+    what = "their sum: the first layer's input" if name + ".position" in w.values else "the first layer's input"
+    parts.append(_table(w.values[name + ".output"], labels, what, w.shapes[name + ".output"]))
     return "".join(parts)
 
 
@@ -292,6 +300,22 @@ details{border:1px solid #ddd;border-radius:4px;padding:.3em .8em;margin:.5em 0}
 summary{font-weight:700;cursor:pointer}"""
 
 
+def _recurrent_sections(w: Walk) -> list[str]:
+    """A recurrent encoder-decoder: its embeddings, one encoder layer's gates, the decoder's attention."""
+    return [
+        explain_rnn.header_html(w, DIMS),
+        "<h2>1. Tokens and embeddings (encoder input)</h2>",
+        _embedding_html(w, "encoder.embed", w.source, w.source_ids),
+        "<h2>2. Encoder: the recurrent cell at each input step</h2>",
+        explain_rnn.encoder_html(w),
+        "<h2>3. Decoder input: BOS, then the translation so far (shifted right)</h2>",
+        _embedding_html(w, "decoder.embed", w.target, w.target_ids),
+        "<h2>4. Decoder: attention over the encoder's outputs at each step</h2>",
+        explain_rnn.decoder_html(w),
+        "<h2>5. Output: the next token at each step</h2>",
+    ]
+
+
 def render(w: Walk, tokenizer) -> str:
     """The report as one self-contained HTML string."""
     c = w.config
@@ -299,6 +323,10 @@ def render(w: Walk, tokenizer) -> str:
     pairs = w.task == TaskKind.PAIRS.value
     if pairs:
         sections[0] += f"<br>Translation (the model's own): <b>{html.escape(w.translation)}</b>"
+    if w.recurrent:
+        sections[0] += "</p>"
+        sections.extend(_recurrent_sections(w))
+        return _document(w, [*sections, _final_html(w, tokenizer, w.target)])
     sections[0] += (
         f"</p><p>Model: {w.arch}, d_model {c['d_model']}, {c['n_heads']} heads (d_k = {c['d_model'] // c['n_heads']}), "
         f"d_ff {c['d_ff']}, {c['n_encoder_layers'] if pairs else 0} encoder + {c['n_decoder_layers']} "
@@ -325,9 +353,15 @@ def render(w: Walk, tokenizer) -> str:
         sections.extend(_layer_html(w, "decoder", i, decoder_rows, [], i == 0) for i in range(c["n_decoder_layers"]))
         sections.append("<h2>3. Output: the next token after each position (the last row continues the text)</h2>")
     sections.append(_final_html(w, tokenizer, decoder_rows))
+    return _document(w, sections)
+
+
+def _document(w: Walk, sections: list[str]) -> str:
+    """The sections, and every number shown as JSON for tests and scripts."""
     data = {
         "arch": w.arch, "text": w.text, "translation": w.translation, "source": w.source, "source_ids": w.source_ids,
         "target": w.target, "target_ids": w.target_ids, "output": w.output, "shapes": w.shapes,
+        "layer": w.recurrent.get("layer"),
         "values": {name: array.tolist() for name, array in w.values.items()},
     }  # fmt: skip
     payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")  # cannot end the <script> early
@@ -338,8 +372,9 @@ def render(w: Walk, tokenizer) -> str:
     )
 
 
-def explain(pretrained, text: str, out: str | Path, beam: int = 1) -> Path:
-    """Walk `text` through the model and write the HTML report to `out` (atomically)."""
+def explain(pretrained, text: str, out: str | Path, beam: int = 1, layer: int = 0) -> Path:
+    """Walk `text` through the model and write the HTML report to `out` (atomically). `layer`: the recurrent
+    encoder layer whose gates are shown (a family with recurrent sublayers; the Transformer shows them all)."""
     from aiayn.files import write_atomic
 
     path = Path(out)
@@ -347,7 +382,7 @@ def explain(pretrained, text: str, out: str | Path, beam: int = 1) -> Path:
         raise UserError(f"--out {out}: expected a file name ending in .html")
     if not path.parent.exists():
         raise UserError(f"--out {out}: the folder {path.parent} does not exist")
-    write_atomic(path, render(walk(pretrained, text, beam), pretrained.tokenizer).encode("utf-8"))
+    write_atomic(path, render(walk(pretrained, text, beam, layer), pretrained.tokenizer).encode("utf-8"))
     return path
 
 

@@ -17,10 +17,10 @@ import numpy as np
 from aiayn.errors import UserError
 
 FORMATS = (".png", ".svg")
-KINDS = {  # attention kind -> (title, module-name part)
-    "encoder": ("Encoder self-attention", "encoder.layers.{}.self_attn"),
-    "decoder": ("Decoder masked self-attention", "decoder.layers.{}.self_attn"),
-    "cross": ("Encoder-decoder attention", "decoder.layers.{}.cross_attn"),
+KINDS = {  # attention kind -> title
+    "encoder": "Encoder self-attention",
+    "decoder": "Decoder masked self-attention",
+    "cross": "Encoder-decoder attention",
 }
 CJK_FONT_HINT = "install a font that has them, e.g. Debian's fonts-noto-cjk or fonts-wqy-zenhei"
 
@@ -98,15 +98,38 @@ def _save(fig, path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- attention
+def attention_kind(name: str) -> tuple[str, int | None]:
+    """(kind, layer) of a recorded module name, read from the name the family gave it in its `sublayers()`:
+    "{stack}.layers.{i}.{part}" in a stack of layers (the Transformers), "{stack}.{part}" for a family with one
+    attention module (the recurrent encoder-decoder's "decoder.cross_attn": layer None). A decoder's self-attention
+    is "decoder"; every other attention of the decoder reads the encoder's memory, "cross"."""
+    parts = name.split(".")
+    stack, part = parts[0], parts[-1]
+    layer = int(parts[2]) if len(parts) == 4 and parts[1] == "layers" and parts[2].isdigit() else None
+    if stack == "encoder":
+        return "encoder", layer
+    return ("decoder" if part == "self_attn" else "cross"), layer
+
+
+def _panel_names(weights: Mapping[str, np.ndarray]) -> dict[tuple[str, int], str]:
+    """(kind, layer) -> the module name its weights are under; a module without a layer index is layer 0."""
+    found = {}
+    for name in weights:
+        kind, layer = attention_kind(name)
+        found[(kind, 0 if layer is None else layer)] = name
+    order = list(KINDS)  # encoder, decoder, cross: the order of the rows drawn
+    return dict(sorted(found.items(), key=lambda item: (order.index(item[0][0]), item[0][1])))
+
+
 def attention_panels(
     weights: Mapping[str, np.ndarray], layer: int | None = None, head: int | None = None
 ) -> list[tuple[str, int, int]]:
     """The (kind, layer, head) panels to draw: every kind the model has, the chosen layer (or all), the chosen head
     (or all). VizError when layer or head is out of range."""
-    layers = {
-        kind: [i for i in range(len(weights)) if pattern.format(i) in weights] for kind, (_, pattern) in KINDS.items()
-    }
-    layers = {kind: found for kind, found in layers.items() if found}
+    names = _panel_names(weights)
+    layers: dict[str, list[int]] = {}
+    for kind, i in names:
+        layers.setdefault(kind, []).append(i)
     if not layers:
         raise VizError("no attention weights recorded")
     n_layers = max(len(found) for found in layers.values())
@@ -119,6 +142,7 @@ def attention_panels(
         (kind, i, h)
         for kind, found in layers.items()
         for i in (found if layer is None else [layer])
+        if (kind, i) in names
         for h in (range(n_heads) if head is None else [head])
     ]
 
@@ -139,6 +163,7 @@ def plot_attention(
     `target`, the decoder's inputs, for its self-attention)."""
     path = _check_out(out)
     panels = attention_panels(weights, layer, head)
+    names = _panel_names(weights)
     rows = list(dict.fromkeys((kind, i) for kind, i, _ in panels))  # (kind, layer) in order
     heads = list(dict.fromkeys(h for _, _, h in panels))
     plt = _pyplot()
@@ -162,9 +187,11 @@ def plot_attention(
             y_labels, x_labels = axis_labels[kind]
             for c, h in enumerate(heads):
                 ax = axes[r][c]
-                matrix = weights[KINDS[kind][1].format(i)][h]  # (rows, cols)
+                name = names[(kind, i)]
+                matrix = weights[name][h]  # (rows, cols)
                 ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-                ax.set_title(f"{KINDS[kind][0]}\nlayer {i}, head {h}", fontsize=7)
+                where = f"layer {i}" if attention_kind(name)[1] is not None else name  # the module, when one
+                ax.set_title(f"{KINDS[kind]}\n{where}, head {h}", fontsize=7)
                 ax.set_xticks(range(len(x_labels)), x_labels, rotation=90)
                 ax.set_yticks(range(len(y_labels)), y_labels if c == 0 else [""] * len(y_labels))
         if title:
@@ -304,3 +331,15 @@ def plot_curves(run_dir: str | Path, out: str | Path) -> Path:
     fig.suptitle(str(run_dir))
     fig.tight_layout()
     return _save(fig, path)
+
+
+_CURVES = ("plot_accuracy_by_length", "plot_gradient_norms", "plot_bars")
+
+
+def __getattr__(name: str):
+    """The family benchmark's curves live in aiayn.viz_curves (matplotlib at import); reached from here too."""
+    if name in _CURVES:
+        from aiayn import viz_curves
+
+        return getattr(viz_curves, name)
+    raise AttributeError(f"module 'aiayn.viz' has no attribute {name!r}")

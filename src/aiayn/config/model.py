@@ -19,7 +19,10 @@ from aiayn.errors import ConfigError
 # converted from elsewhere (Marian, GPT-2) records its own ids in its config instead.
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
-Arch = Literal["seq2seq", "lm"]
+Arch = Literal["seq2seq", "lm", "rnn"]
+RNNCell = Literal["lstm", "gru", "rnn"]
+RNNNonlinearity = Literal["tanh", "relu"]
+RNNAttention = Literal["additive", "general", "none"]
 Norm = Literal["post", "pre"]
 NormType = Literal["layernorm", "rmsnorm"]
 Positional = Literal["sinusoidal", "learned", "rope"]
@@ -53,6 +56,12 @@ class SpecialIds:
         return tuple(sorted({self.pad, self.bos} - {self.eos}))
 
 
+# What a recurrent encoder-decoder (arch "rnn") does not read: multi-head attention, positions, normalisation,
+# the FFN and the biases of attention projections.
+TRANSFORMER_ONLY_KEYS = ("n_heads", "d_ff", "attention_dropout", "norm", "norm_type", "norm_eps", "positional",
+                         "rope_base", "activation", "bias")  # fmt: skip
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     """The model's shape and variant switches. The defaults are the paper's base Transformer.
@@ -65,6 +74,12 @@ class ModelConfig:
     activation: FFN non-linearity; "relu" is the paper's max(0, xW1 + b1)W2 + b2 (§3.3).
     tie_embeddings: source embedding = target embedding = pre-softmax weight (paper §3.4).
     scale_embeddings: multiply embeddings by sqrt(d_model) (paper §3.4; GPT-2 does not).
+
+    arch "rnn" (aiayn.model.rnn: recurrent encoder-decoder) reads d_model (the hidden size), the layer counts,
+    dropout, max_len, the embedding and output switches and the rnn_* keys; `ignored_keys` lists the rest.
+    rnn_cell: "lstm", "gru" or "rnn" (Elman, with rnn_nonlinearity "tanh" or "relu").
+    rnn_attention: "additive" (Bahdanau), "general" (Luong q^T W k) or "none" (the fixed vector C only).
+    rnn_attention_dim: A, the additive attention's size (None: d_model). rnn_bidirectional: the encoder's.
     """
 
     arch: Arch = "seq2seq"
@@ -91,6 +106,11 @@ class ModelConfig:
     bos_id: int = BOS_ID  # the decoder's start token
     eos_id: int = EOS_ID
     unk_id: int = UNK_ID
+    rnn_cell: RNNCell = "lstm"
+    rnn_nonlinearity: RNNNonlinearity = "tanh"
+    rnn_attention: RNNAttention = "additive"
+    rnn_attention_dim: int | None = None
+    rnn_bidirectional: bool = True
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -103,20 +123,13 @@ class ModelConfig:
                 raise ConfigError(f"ModelConfig.{name}={getattr(self, name)} must be >= 0")
         if self.n_decoder_layers < 1:
             raise ConfigError(f"ModelConfig.n_decoder_layers={self.n_decoder_layers} must be >= 1")
-        if self.arch == "seq2seq" and self.n_encoder_layers < 1:
-            raise ConfigError(f"ModelConfig.n_encoder_layers={self.n_encoder_layers} must be >= 1 for arch='seq2seq'")
-        if self.d_model % self.n_heads:
+        if self.arch in ("seq2seq", "rnn") and self.n_encoder_layers < 1:
             raise ConfigError(
-                f"ModelConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
-                f"each head gets d_model / n_heads dimensions (paper §3.2.2)"
+                f"ModelConfig.n_encoder_layers={self.n_encoder_layers} must be >= 1 for arch={self.arch!r}"
             )
-        if self.positional == "rope" and self.head_dim % 2:
-            raise ConfigError(
-                f"ModelConfig.positional='rope' needs an even head dimension, "
-                f"got d_model / n_heads = {self.d_model} / {self.n_heads} = {self.head_dim}"
-            )
-        if self.positional == "sinusoidal" and self.d_model % 2:
-            raise ConfigError(f"ModelConfig.positional='sinusoidal' needs an even d_model, got {self.d_model}")
+        self._check_rnn()
+        if self.arch != "rnn":  # heads and positions mean nothing to a recurrent model (ignored_keys)
+            self._check_heads()
         for name in ["dropout", "attention_dropout"]:
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
@@ -132,6 +145,38 @@ class ModelConfig:
                 )
         if self.eos_id == self.pad_id:
             raise ConfigError(f"ModelConfig.eos_id={self.eos_id} equals pad_id: a text's end must be its own token")
+
+    def _check_heads(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"ModelConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                f"each head gets d_model / n_heads dimensions (paper §3.2.2)"
+            )
+        if self.positional == "rope" and self.head_dim % 2:
+            raise ConfigError(
+                f"ModelConfig.positional='rope' needs an even head dimension, "
+                f"got d_model / n_heads = {self.d_model} / {self.n_heads} = {self.head_dim}"
+            )
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"ModelConfig.positional='sinusoidal' needs an even d_model, got {self.d_model}")
+
+    def _check_rnn(self) -> None:
+        dim = self.rnn_attention_dim
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ConfigError(f"ModelConfig.rnn_attention_dim={dim!r} must be an integer >= 1, or null for d_model")
+        if self.arch == "rnn" and self.rnn_cell != "rnn" and self.rnn_nonlinearity != "tanh":
+            raise ConfigError(
+                f"ModelConfig.rnn_nonlinearity={self.rnn_nonlinearity!r} applies only to rnn_cell='rnn', "
+                f"not {self.rnn_cell!r}"
+            )
+
+    @property
+    def ignored_keys(self) -> list[str]:
+        """The keys this config's family does not read (set or not): for arch 'rnn' the Transformer's attention,
+        positions, normalisation and FFN keys; for the Transformer families the rnn_* keys."""
+        if self.arch == "rnn":
+            return list(TRANSFORMER_ONLY_KEYS)
+        return [f.name for f in dataclasses.fields(self) if f.name.startswith("rnn_")]
 
     @property
     def head_dim(self) -> int:
@@ -149,5 +194,3 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from plain data (YAML/JSON); an unknown key is an error naming the closest valid key."""
         return from_dict(cls, data)
-
-

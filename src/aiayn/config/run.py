@@ -227,12 +227,23 @@ class RunConfig:
         largest = max(model.get(f"{k}_id", getattr(ids, k)) for k in ("pad", "bos", "eos", "unk"))
         model.setdefault("vocab_size", largest + 1 if isinstance(largest, int) else 1)
         parts = {name: from_dict(SECTIONS[name], data.get(name) or {}, name) for name in SECTIONS if name != "model"}
-        return cls(model=from_dict(ModelConfig, model, "model"), **parts)
+        return cls(model=note_ignored(from_dict(ModelConfig, model, "model")), **parts)
 
 
 class ConfigNote(UserWarning):
     """A note about a config that still works but should change (an old key's new name); the CLI prints it as
     one line `note: ...`."""
+
+
+def note_ignored(model: ModelConfig) -> ModelConfig:
+    """One ConfigNote naming the model keys set away from their defaults that `model`'s family does not read
+    (ModelConfig.ignored_keys: e.g. n_heads for arch 'rnn'); returns `model`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    changed = [key for key in model.ignored_keys if getattr(model, key) != defaults[key]]
+    if changed:
+        keys = ", ".join(f"model.{key}" for key in changed)
+        warnings.warn(f"{keys}: not used by model.arch={model.arch!r}, ignored", ConfigNote, stacklevel=3)
+    return model
 
 
 # Old key -> new key, per section.

@@ -47,8 +47,8 @@ def compile_decoding(model):
     """
     seq2seq = model.task is TaskKind.PAIRS
     eager = model.decode if seq2seq else model.forward
-    if hasattr(eager, "compiled"):
-        return model
+    if hasattr(eager, "compiled") or not getattr(model, "compiled_decoding", True):
+        return model  # compiled already, or a family whose step is fused already (aiayn.model.rnn) stays eager
     use_kernels(model, kernels_of(model).replace(compiled_step_products=True))
     options = {"cpp_wrapper": True} if next(model.parameters()).device.type == "cpu" else None
     compiled = torch.compile(eager, dynamic=True, options=options)

@@ -1,4 +1,5 @@
-"""The Transformer, built from its parts: masks, attention, layers, the encoder-decoder and the LM.
+"""The Transformer, built from its parts: masks, attention, layers, the encoder-decoder and the LM; and the
+recurrent encoder-decoders (aiayn.model.rnn) it replaced.
 
 `build(config)` makes the family `config.arch` names (aiayn.model.registry, the one place that reads it);
 every family implements one of the protocols in aiayn.model.protocols.
@@ -11,12 +12,13 @@ from aiayn.model.lm import LanguageModel
 from aiayn.model.protocols import Cache, CausalLM, Seq2SeqModel, Sublayer
 from aiayn.model.recorder import AttentionRecorder, record_attention
 from aiayn.model.registry import FAMILIES, build, family, task_kind
+from aiayn.model.rnn import RNNSeq2Seq
 from aiayn.model.transformer import OutputProjection, Transformer
 
 __all__ = [
     "FAMILIES", "SDPA", "AttentionRecorder", "Cache", "CausalLM", "KVCache", "Kernels", "LanguageModel",
-    "MultiHeadAttention", "OutputProjection", "Seq2SeqModel", "Sublayer", "Transformer", "build", "build_model",
-    "compile_decoding",
+    "MultiHeadAttention", "OutputProjection", "RNNSeq2Seq", "Seq2SeqModel", "Sublayer", "Transformer", "build",
+    "build_model", "compile_decoding",
     "family", "inference_layout", "kernels_of", "record_attention", "scaled_dot_product_attention", "task_kind",
     "use_kernels",
 ]  # fmt: skip

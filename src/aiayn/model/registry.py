@@ -11,9 +11,10 @@ from aiayn.config import ModelConfig, TaskKind
 from aiayn.errors import ConfigError
 from aiayn.model.lm import LanguageModel
 from aiayn.model.protocols import CausalLM, Seq2SeqModel
+from aiayn.model.rnn import RNNSeq2Seq
 from aiayn.model.transformer import Transformer
 
-FAMILIES: dict[str, type] = {family.arch: family for family in (Transformer, LanguageModel)}
+FAMILIES: dict[str, type] = {family.arch: family for family in (Transformer, LanguageModel, RNNSeq2Seq)}
 
 
 def family(arch: str) -> type:

@@ -275,6 +275,9 @@ def _add_routes(app: FastAPI, pretrained, run, work: _Work) -> None:
             return attn, weights
 
         attn, weights = await run(request, record)
-        c = pretrained.model.config
+        # Layers and heads as recorded, not as configured: a recurrent family attends once, from its top decoder
+        # layer, with one head ("decoder.cross_attn"), whatever its n_decoder_layers and its unused n_heads say.
+        layers = len({name.rsplit(".", 1)[0] for name in attn.weights if name.startswith("decoder.")}) or 1
+        heads = next(iter(attn.weights.values())).shape[0] if attn.weights else 0
         return {"arch": arch, "source": attn.source, "target": attn.target, "output": attn.output, "text": attn.text,
-                "layers": c.n_decoder_layers, "heads": c.n_heads, "weights": weights}  # fmt: skip
+                "layers": layers, "heads": heads, "weights": weights}  # fmt: skip

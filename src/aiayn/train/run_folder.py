@@ -83,7 +83,15 @@ class RunFolder:
         write_atomic(self.metrics, "".join(kept).encode())
 
     def write_config(self, config: dict[str, Any]) -> None:
-        write_atomic(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode())
+        """config.yaml, headed by a comment naming the model keys its family does not read (ModelConfig.ignored_keys):
+        a comment, so that loading, resuming and `config_differences` read the file exactly as before."""
+        model = ModelConfig.from_dict(config.get("model") or {})
+        ignored = ", ".join(f"model.{key}" for key in model.ignored_keys)
+        note = (
+            f"# ignored by model.arch {model.arch!r} (not read, whatever their values): {ignored}\n" if ignored else ""
+        )
+        text = note + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+        write_atomic(self.root / "config.yaml", text.encode())
 
     def find_resume(self, resume: str, log: Callable[[str], None], is_main: bool, barrier: Callable[[], None]):
         """The checkpoint to continue from: None for a new run ('none'), the newest valid one ('auto'), or the

@@ -280,3 +280,25 @@ def test_plain_text_with_arch_rnn_is_one_line_of_error(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.arch='rnn' learns from pairs of texts" in lines[0], result.stderr
+
+
+def test_two_torchrun_processes_equal_one_process_with_two_accumulation_steps(tmp_path):
+    """DDP (gloo, CPU) on the recurrent family: two processes of one micro-batch each take the same steps as one
+    process that accumulates two (the packed recurrent layers and the attention all get their gradients)."""
+    import subprocess
+    import sys
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = [*RNN_RUN, "--train.device", "cpu"]
+    assert aiayn("train", *args, "--train.grad_accum", "2", "--train.out_dir", one).returncode == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "aiayn",
+           "train", *args, "--train.grad_accum", "1", "--train.out_dir", str(two)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tiny_run.ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for a, b in zip(metrics(one), metrics(two), strict=True):
+        assert a["step"] == b["step"] and a.get("tokens") == b.get("tokens") and a.get("lr") == b.get("lr")
+        if "loss" in a:
+            assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+    wa, wb = load_file(str(one / "last" / "model.safetensors")), load_file(str(two / "last" / "model.safetensors"))
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-5)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aiayn.config import ModelConfig, SpecialIds, TaskKind
-from aiayn.errors import ConfigError
+from aiayn.config import ModelConfig, TaskKind
 from aiayn.model.attention import MultiHeadAttention, RotaryEmbedding
 from aiayn.model.cache import KVCache, LayerCache
+from aiayn.model.family_base import FamilyBase
 from aiayn.model.layers import AddNorm, FeedForward, InputEmbedding, TokenEmbedding, make_norm
 from aiayn.model.masks import padding_mask
 from aiayn.model.protocols import Sublayer
@@ -144,37 +144,11 @@ _SUBLAYER_KINDS = ((InputEmbedding, "embedding"), (MultiHeadAttention, "attentio
                    (FeedForward, "ffn"))  # fmt: skip
 
 
-class TransformerFamily(nn.Module):
-    """What the two Transformer families share for the model protocols (aiayn.model.protocols): the special
-    ids, the positions, the pre-softmax Linear, the KV cache and the parts `explain` shows."""
+class TransformerFamily(FamilyBase):
+    """What the two Transformer families share for the model protocols (aiayn.model.protocols), beyond
+    FamilyBase: the KV cache and the parts `explain` shows."""
 
-    arch: str
-    task: TaskKind
-    config: ModelConfig
     output: OutputProjection
-
-    def _check_arch(self, config: ModelConfig) -> None:
-        if config.arch != self.arch:
-            raise ConfigError(
-                f"{type(self).__name__} needs ModelConfig.arch={self.arch!r}, got {config.arch!r}; "
-                "aiayn.model.build(config) picks the family"
-            )
-
-    @property
-    def special_ids(self) -> SpecialIds:
-        return self.config.special_ids
-
-    @property
-    def max_len(self) -> int:
-        return self.config.max_len
-
-    @property
-    def output_weight(self) -> torch.Tensor:
-        return self.output.weight
-
-    @property
-    def output_bias(self) -> torch.Tensor | None:
-        return self.output.bias
 
     def new_cache(self, capacity: int = 0) -> KVCache:
         """An empty KV cache; capacity: the most target steps it will hold, when known (allocated at once)."""

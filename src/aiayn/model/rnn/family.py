@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aiayn.config import ModelConfig, SpecialIds, TaskKind
-from aiayn.errors import ConfigError
+from aiayn.config import ModelConfig, TaskKind
+from aiayn.model.family_base import FamilyBase
 from aiayn.model.layers import Dropout, TokenEmbedding
 from aiayn.model.masks import padding_mask
 from aiayn.model.protocols import Sublayer
@@ -77,7 +77,7 @@ def _as_tuple(state: torch.Tensor | tuple[torch.Tensor, ...]) -> RecurrentState:
     return tuple(state) if isinstance(state, tuple) else (state,)
 
 
-class RNNSeq2Seq(nn.Module):
+class RNNSeq2Seq(FamilyBase):
     """The recurrent encoder-decoder: translation or any sequence-to-sequence task, with LSTM, GRU or plain RNN
     cells and additive, general or no attention (ModelConfig's rnn_* keys). Hidden size d_model, depth
     n_encoder_layers / n_decoder_layers. Implements aiayn.model.protocols.Seq2SeqModel.
@@ -91,11 +91,7 @@ class RNNSeq2Seq(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        if config.arch != self.arch:
-            raise ConfigError(
-                f"RNNSeq2Seq needs ModelConfig.arch='rnn', got {config.arch!r}; "
-                "aiayn.model.build(config) picks the family"
-            )
+        self._check_arch(config)
         self.config = config
         src_token = TokenEmbedding(config.vocab_size, config.d_model, config.scale_embeddings)
         tgt_token = (
@@ -106,22 +102,6 @@ class RNNSeq2Seq(nn.Module):
         self.encoder = Encoder(config, src_token)
         self.decoder = Decoder(config, tgt_token)
         self.output = OutputProjection(config, tgt_token if config.tie_embeddings else None)
-
-    @property
-    def special_ids(self) -> SpecialIds:
-        return self.config.special_ids
-
-    @property
-    def max_len(self) -> int:
-        return self.config.max_len
-
-    @property
-    def output_weight(self) -> torch.Tensor:
-        return self.output.weight
-
-    @property
-    def output_bias(self) -> torch.Tensor | None:
-        return self.output.bias
 
     def new_cache(self, capacity: int = 0) -> RNNCache:
         """An empty cache; capacity is not needed (the state has a fixed size, whatever the steps)."""

@@ -10,7 +10,6 @@ import pytest
 import tiny_run
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from tiny_run import aiayn, metrics
 
 import aiayn as package
@@ -267,9 +266,7 @@ def test_cli_trains_translates_and_resumes_exactly_after_kill_9(tmp_path):
     resumed = aiayn("train", *RNN_RUN, "--train.out_dir", killed, "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
-    assert metrics(reference) == metrics(killed)  # every loss, learning rate and validation score, bit for bit
-    a, b = (load_file(str(run / "last" / "model.safetensors")) for run in (reference, killed))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    tiny_run.assert_same_run(reference, killed)  # every logged value and the final weights, bit for bit
 
 
 def test_plain_text_with_arch_rnn_is_one_line_of_error(tmp_path):
@@ -299,6 +296,6 @@ def test_two_torchrun_processes_equal_one_process_with_two_accumulation_steps(tm
         assert a["step"] == b["step"] and a.get("tokens") == b.get("tokens") and a.get("lr") == b.get("lr")
         if "loss" in a:
             assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
-    wa, wb = load_file(str(one / "last" / "model.safetensors")), load_file(str(two / "last" / "model.safetensors"))
+    wa, wb = tiny_run.final_weights(one), tiny_run.final_weights(two)
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-5)

@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import tiny_run
 import torch
 from safetensors.torch import load_file
-from tiny_run import ROOT, aiayn, metrics
+from tiny_run import ROOT, aiayn, assert_same_run, final_weights, metrics
 
 from aiayn.train.distributed import bf16_matmul_precision_works
 
@@ -34,16 +33,6 @@ def lm_args(text_file):
 def train(out, *extra, fault=None):
     env = {"AIAYN_FAULT": fault} if fault else None
     return aiayn("train", *TINY, "--train.out_dir", out, *extra, env=env)
-
-
-def final_weights(run):
-    return load_file(str(Path(run) / "last" / "model.safetensors"))
-
-
-def assert_same_run(a, b):
-    assert metrics(a) == metrics(b)  # every loss, nll, learning rate and validation score, bit for bit
-    wa, wb = final_weights(a), final_weights(b)
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.fixture(scope="module")

@@ -32,3 +32,20 @@ def metrics(run) -> list[dict]:
     """Every logged entry, without the wall-clock figures (the only fields allowed to differ between runs)."""
     entries = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in e.items() if k not in ("tokens_per_s", "seconds")} for e in entries]
+
+
+def final_weights(run) -> dict:
+    """The tensors of the run's `last` checkpoint."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run) / "last" / "model.safetensors"))
+
+
+def assert_same_run(a, b) -> None:
+    """Two runs are the same run: every logged loss, nll, lr and validation score (wall-clock fields dropped) and
+    the final weights, bit for bit."""
+    import torch
+
+    assert metrics(a) == metrics(b)
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

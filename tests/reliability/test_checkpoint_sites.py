@@ -13,9 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
-from tiny_run import ROOT, TINY, aiayn, metrics
+from tiny_run import ROOT, TINY, aiayn, assert_same_run
 
 from aiayn.train import checkpoint as ckpt
 
@@ -37,12 +35,6 @@ def temporaries(run) -> list[str]:
     for folder, dirs, files in os.walk(run):
         found += [os.path.join(folder, n) for n in dirs + files if n.startswith(".") and ".tmp-" in n]
     return found
-
-
-def assert_same_run(a, b):
-    assert metrics(a) == metrics(b)  # every loss, nll, lr and validation score (wall-clock fields dropped)
-    wa, wb = (load_file(str(Path(run) / "last" / "model.safetensors")) for run in (a, b))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def assert_resumes_to_the_reference(reference, out, at: int):

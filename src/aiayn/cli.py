@@ -17,6 +17,7 @@ from aiayn.commands import (
     _evaluate,
     _explain,
     _generate,
+    _import,
     _perplexity,
     _plot,
     _serve,
@@ -86,6 +87,18 @@ def _parser_average(sub) -> None:
     p.add_argument("--models", nargs="+", required=True, metavar="DIR", help="checkpoint folders of one run")
     p.add_argument("--out", required=True, metavar="DIR", help="the averaged model folder to write")
     p.set_defaults(func=_average)
+
+
+def _parser_import(sub) -> None:
+    p = sub.add_parser(
+        "import",
+        help="a Hugging Face Marian or GPT-2 model (folder or hub name) as an aiayn model folder",
+        description="Convert a Hugging Face MarianMTModel or GPT2LMHeadModel, with its tokenizer, into an aiayn "
+        "model folder that translate, generate, evaluate, perplexity, plot, explain and serve take.",
+    )
+    p.add_argument("src", metavar="SRC", help="a folder written by save_pretrained, or a hub name (online only)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the aiayn model folder to write")
+    p.set_defaults(func=_import)
 
 
 def _parser_demo(sub) -> None:
@@ -228,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_train(sub)
     _parser_tokenizer(sub)
     _parser_average(sub)
+    _parser_import(sub)
     _parser_demo(sub)
     _parser_translate(sub)
     _parser_generate(sub)

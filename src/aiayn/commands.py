@@ -42,6 +42,14 @@ def _average(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace, extra: list[str]) -> int:
+    from aiayn.interop import import_model
+
+    out = import_model(args.src, args.out)
+    print(f"imported {args.src} into {out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace, extra: list[str]) -> int:
     from aiayn.demo import run_demo
 

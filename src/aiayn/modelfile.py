@@ -41,15 +41,25 @@ from aiayn.modelfile_checks import (
     stored_shapes,
 )
 from aiayn.tokenizer import Tokenizer
+from aiayn.tokenizer_pretrained import FILES as PRETRAINED_FILES
+from aiayn.tokenizer_pretrained import load_pretrained
 
 __all__ = [
-    "FORMAT", "MANIFEST", "MODEL_FILES", "CheckpointError", "load", "load_weights", "read_config", "read_tokenizer",
-    "resolve", "save_folder", "state_dict_for_saving", "verify",
+    "FORMAT", "MANIFEST", "MODEL_FILES", "TOKENIZER_FILES", "CheckpointError", "load", "load_weights", "read_config",
+    "read_tokenizer", "resolve", "save_folder", "state_dict_for_saving", "tokenizer_kind", "verify",
 ]  # fmt: skip
 
 FORMAT = 1
-MODEL_FILES = ("config.yaml", "tokenizer.json", "model.safetensors")
+MODEL_FILES = ("config.yaml", "tokenizer.json", "model.safetensors")  # a folder with aiayn's own tokenizer
 MANIFEST = "manifest.json"
+# The tokenizer's files by kind (manifest.json's "tokenizer"; absent: aiayn's own, in tokenizer.json). An imported
+# model keeps the tokenizer it came with (aiayn.tokenizer_pretrained).
+TOKENIZER_FILES = {"bpe": ("tokenizer.json",), "char": ("tokenizer.json",), **PRETRAINED_FILES}
+
+
+def tokenizer_kind(manifest: dict[str, Any]) -> str:
+    """The kind of tokenizer a (verified) folder's manifest records: "bpe" for aiayn's own, whether bpe or char."""
+    return manifest.get("tokenizer", "bpe")
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -72,12 +82,16 @@ def save_folder(
     *,
     model: torch.nn.Module,
     config: dict[str, Any],
-    tokenizer_json: bytes,
+    tokenizer_json: bytes | None = None,
     extra: dict[str, Callable[[], bytes]] | None = None,
     step: int = 0,
+    tokenizer_files: dict[str, bytes] | None = None,
+    tokenizer_kind: str = "bpe",
 ) -> Path:
     """Write a model folder atomically (plus `extra` files, e.g. a trainer state); returns its path. An existing
-    folder of that name is replaced. `step` names the checkpoint for the fault-injection hook (`@N`)."""
+    folder of that name is replaced. `step` names the checkpoint for the fault-injection hook (`@N`).
+    The tokenizer is aiayn's own `tokenizer_json`, or an imported one's `tokenizer_files` of `tokenizer_kind`."""
+    tokenizer = _tokenizer_files(tokenizer_json, tokenizer_files, tokenizer_kind)
     folder = Path(folder)
     if folder.exists() and not (folder / MANIFEST).is_file() and (not folder.is_dir() or any(folder.iterdir())):
         # Replacing is for rewriting a model folder (the same step saved twice); anything else is the user's.
@@ -90,10 +104,12 @@ def save_folder(
         files: list[tuple[str, Callable[[], bytes]]] = [
             ("model.safetensors", lambda: save_safetensors(tensors, metadata={"aliases": json.dumps(aliases)})),
             ("config.yaml", lambda: yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode()),
-            ("tokenizer.json", lambda: tokenizer_json),
+            *((name, lambda data=data: data) for name, data in tokenizer.items()),
             *(extra or {}).items(),
         ]
         manifest: dict[str, Any] = {"format": FORMAT, "step": step, "files": {}}
+        if tokenizer_kind not in ("bpe", "char"):
+            manifest["tokenizer"] = tokenizer_kind
         for i, (name, make) in enumerate(files):
             data = make()
             write_file(tmp / name, data, "ckpt" if i == 0 else "", step)  # the weights carry the mid-file sites
@@ -116,9 +132,21 @@ def save_folder(
     return folder
 
 
+def _tokenizer_files(json_bytes: bytes | None, files: dict[str, bytes] | None, kind: str) -> dict[str, bytes]:
+    if (json_bytes is None) == (files is None):
+        raise TypeError("save_folder needs either tokenizer_json or tokenizer_files")
+    if kind not in TOKENIZER_FILES:
+        raise ValueError(f"tokenizer_kind={kind!r} is not one of {', '.join(TOKENIZER_FILES)}")
+    files = {"tokenizer.json": json_bytes} if files is None else files
+    missing = set(TOKENIZER_FILES[kind]) - set(files)
+    if missing:
+        raise ValueError(f"a {kind} tokenizer needs the files {', '.join(sorted(missing))}")
+    return files
+
+
 def verify(folder: str | Path, need: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The manifest of a valid model folder holding MODEL_FILES (and `need`); CheckpointError naming the folder
-    and what is wrong otherwise."""
+    """The manifest of a valid model folder holding its config, weights and tokenizer files (and `need`);
+    CheckpointError naming the folder and what is wrong otherwise."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a model folder (no such directory)")
@@ -129,7 +157,11 @@ def verify(folder: str | Path, need: tuple[str, ...] = ()) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: corrupt {MANIFEST} ({e})") from None
     files = check_manifest_files(folder, manifest)
-    for name in (*MODEL_FILES, *need):
+    kind = tokenizer_kind(manifest)
+    if kind not in TOKENIZER_FILES:
+        known = ", ".join(TOKENIZER_FILES)
+        raise CheckpointError(f"{folder}: corrupt {MANIFEST} (tokenizer {kind!r} is not one of {known})")
+    for name in ("config.yaml", *TOKENIZER_FILES[kind], "model.safetensors", *need):
         if name not in files:
             raise CheckpointError(f"{folder}: incomplete model folder ({name} is not in its manifest)")
     for name, entry in files.items():
@@ -230,8 +262,19 @@ def read_config(folder: Path) -> tuple[dict[str, Any], ModelConfig]:
         raise CheckpointError(f"{folder / 'config.yaml'}: not a usable model config ({reason})") from None
 
 
-def read_tokenizer(folder: Path, model_config: ModelConfig) -> Tokenizer:
-    """The folder's tokenizer, checked against the model it belongs to."""
+def read_tokenizer(folder: Path, model_config: ModelConfig, kind: str = "bpe") -> Tokenizer:
+    """The folder's tokenizer (of the kind its manifest records), checked against the model it belongs to."""
+    if kind in PRETRAINED_FILES:
+        try:
+            tokenizer = load_pretrained(folder, kind)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{folder}: cannot load its {kind} tokenizer ({e})") from None
+        if tokenizer.vocab_size > model_config.vocab_size:
+            raise CheckpointError(
+                f"{folder}: the {kind} tokenizer has ids up to {tokenizer.vocab_size - 1:,}, beyond model.vocab_size "
+                f"{model_config.vocab_size:,}: the tokenizer does not belong to this model"
+            )
+        return tokenizer
     try:
         tokenizer = Tokenizer.load(folder / "tokenizer.json")
     except (OSError, ValueError) as e:
@@ -252,10 +295,10 @@ def load(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any], 
     the weights do not match the config or are not finite, or the config implies more memory than there is. The
     weights' header is compared with a model built on the meta device before the real one is built."""
     folder = resolve(path)
-    verify(folder)
+    manifest = verify(folder)
     config, model_config = read_config(folder)
     check_header(folder / "model.safetensors", planned_model(folder, model_config))
-    tokenizer = read_tokenizer(folder, model_config)
+    tokenizer = read_tokenizer(folder, model_config, tokenizer_kind(manifest))
     model = build(model_config)
     load_weights(model, folder)
     return model.eval(), tokenizer, config, folder

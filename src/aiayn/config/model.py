@@ -50,9 +50,12 @@ class SpecialIds:
     bos: int = BOS_ID
     eos: int = EOS_ID
     unk: int = UNK_ID
+    never: tuple[int, ...] | None = None  # the model's own list (an imported model's); None: derived as below
 
     @property
     def never_emit(self) -> tuple[int, ...]:
+        if self.never is not None:
+            return tuple(sorted(set(self.never)))
         return tuple(sorted({self.pad, self.bos} - {self.eos}))
 
 
@@ -106,6 +109,10 @@ class ModelConfig:
     bos_id: int = BOS_ID  # the decoder's start token
     eos_id: int = EOS_ID
     unk_id: int = UNK_ID
+    # The ids decoding must never produce. null: padding and the start token (unless it is also the end), right
+    # for every model aiayn trains. An imported model records its own: GPT-2 none (its pad is a real token),
+    # Marian the ids its generation config bans (bad_words_ids).
+    never_emit_ids: list[int] | None = None
     rnn_cell: RNNCell = "lstm"
     rnn_nonlinearity: RNNNonlinearity = "tanh"
     rnn_attention: RNNAttention = "additive"
@@ -143,6 +150,11 @@ class ModelConfig:
                 raise ConfigError(
                     f"ModelConfig.{name}={getattr(self, name)} must be in [0, vocab_size={self.vocab_size})"
                 )
+        if self.never_emit_ids is not None and not isinstance(self.never_emit_ids, list):
+            raise ConfigError(f"ModelConfig.never_emit_ids={self.never_emit_ids!r} must be a list of ids, or null")
+        for i in self.never_emit_ids or []:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.vocab_size:
+                raise ConfigError(f"ModelConfig.never_emit_ids: {i!r} must be a token id in [0, {self.vocab_size})")
         if self.eos_id == self.pad_id:
             raise ConfigError(f"ModelConfig.eos_id={self.eos_id} equals pad_id: a text's end must be its own token")
 
@@ -185,7 +197,8 @@ class ModelConfig:
 
     @property
     def special_ids(self) -> SpecialIds:
-        return SpecialIds(pad=self.pad_id, bos=self.bos_id, eos=self.eos_id, unk=self.unk_id)
+        never = None if self.never_emit_ids is None else tuple(self.never_emit_ids)
+        return SpecialIds(pad=self.pad_id, bos=self.bos_id, eos=self.eos_id, unk=self.unk_id, never=never)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -115,8 +115,10 @@ class Generator(Pretrained):
         stream: list[int] = []
         for ids in self.tokenizer.encode_batch([t + "\n" for t in texts]):
             stream += ids
-        block = int(self.config.get("train", {}).get("block_size") or self.model.config.max_len)
-        return _perplexity(*self._nll(stream, min(block, self.model.config.max_len)))
+        block = min(int(self.config.get("train", {}).get("block_size") or self.model.config.max_len),
+                    self.model.config.max_len)  # fmt: skip
+        # A text shorter than one window (a few lines for GPT-2's 1,024 positions) is scored whole.
+        return _perplexity(*self._nll(stream, block, whole=len(stream) <= block))
 
     def _nll(self, stream: list[int], block: int, whole: bool = False) -> tuple[float, int]:
         """(NLL, tokens) of a token stream in windows of block + 1 tokens (aiayn.data.loaders.text_windows)."""

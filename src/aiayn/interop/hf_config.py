@@ -269,9 +269,15 @@ def _config_from_gpt2(hf_model: GPT2LMHeadModel) -> ModelConfig:
         output_bias=False,
         # GPT-2 usually has no pad token (or pads with its end token): a language model's padding is only what
         # the loss skips, so any other id serves.
-        **_special_ids(c.vocab_size, c.pad_token_id if c.pad_token_id not in (None, c.eos_token_id) else PAD_ID,
-                       c.bos_token_id, c.eos_token_id),  # fmt: skip
+        **_special_ids(c.vocab_size, _gpt2_pad(c.pad_token_id, c.eos_token_id), c.bos_token_id, c.eos_token_id),
     )
+
+
+def _gpt2_pad(pad: int | None, eos: int | None) -> int:
+    """GPT-2's pad id, or a stand-in for its missing one: aiayn's PAD_ID, or 1 where that is the end token."""
+    if pad is not None and pad != eos:
+        return pad
+    return PAD_ID if eos != PAD_ID else 1
 
 
 def _special_ids(vocab_size: int, pad: int, bos: int | None, eos: int | None) -> dict[str, int]:

@@ -16,6 +16,7 @@ from aiayn.commands import (
     _demo,
     _evaluate,
     _explain,
+    _export,
     _generate,
     _import,
     _perplexity,
@@ -99,6 +100,14 @@ def _parser_import(sub) -> None:
     p.add_argument("src", metavar="SRC", help="a folder written by save_pretrained, or a hub name (online only)")
     p.add_argument("--out", required=True, metavar="DIR", help="the aiayn model folder to write")
     p.set_defaults(func=_import)
+
+
+def _parser_export(sub) -> None:
+    p = sub.add_parser("export", help="an aiayn model folder for another tool: hf (transformers)")
+    p.add_argument("--model", required=True, metavar="DIR", help="a model folder, or a run folder (its best)")
+    p.add_argument("--to", required=True, choices=["hf"], help="hf: a folder MarianMTModel / GPT2LMHeadModel load")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    p.set_defaults(func=_export)
 
 
 def _parser_demo(sub) -> None:
@@ -242,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_tokenizer(sub)
     _parser_average(sub)
     _parser_import(sub)
+    _parser_export(sub)
     _parser_demo(sub)
     _parser_translate(sub)
     _parser_generate(sub)

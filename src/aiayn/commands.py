@@ -50,6 +50,14 @@ def _import(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace, extra: list[str]) -> int:
+    from aiayn.interop import export_model
+
+    out = export_model(args.model, args.to, args.out)
+    print(f"exported {args.model} to {args.to}: {out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace, extra: list[str]) -> int:
     from aiayn.demo import run_demo
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from aiayn.errors import ConfigError, UserError
+from aiayn.interop.exporter import aiayn_tokenizer_json
 from aiayn.modelfile import save_folder
+from aiayn.tokenizer import Tokenizer
 from aiayn.tokenizer_pretrained import HFTokenizer, SentencePieceTokenizer
 
 SUPPORTED = {"marian": "MarianMTModel", "gpt2": "GPT2LMHeadModel"}
@@ -46,8 +48,17 @@ def import_model(src: str | Path, out: str | Path) -> Path:
         "imported": {"from": str(src), "architecture": SUPPORTED[kind]},
         **origin,
     }
+    if isinstance(tokenizer, Tokenizer):  # aiayn's own, in a folder aiayn exported (aiayn.interop.exporter)
+        return save_folder(out, model=model, config=config, tokenizer_json=tokenizer.to_json().encode("utf-8"))
     return save_folder(out, model=model, config=config, tokenizer_files=tokenizer.files(),
                        tokenizer_kind=tokenizer.kind)  # fmt: skip
+
+
+def _aiayn_tokenizer(folder: Path) -> Tokenizer | None:
+    """aiayn's own tokenizer when the folder is one aiayn exported (its tokenizer.json), else None."""
+    path = folder / "tokenizer.json"
+    data = aiayn_tokenizer_json(path.read_bytes()) if path.is_file() else None
+    return None if data is None else Tokenizer.from_json(data.decode("utf-8"), source=str(path))
 
 
 def _local(src: str | Path) -> Path:
@@ -102,14 +113,15 @@ def _marian(folder: Path):
 
     from aiayn.interop.hf import from_marian
 
-    files = _files(folder, _MARIAN_TOKENIZER, "Marian's tokenizer")
-    files["tokenizer_config.json"] = _tokenizer_config(folder, {"eos_token": "</s>", "unk_token": "<unk>",
-                                                                "pad_token": "<pad>"})  # fmt: skip
-    tokenizer = SentencePieceTokenizer(files, source=str(folder))
+    tokenizer = _aiayn_tokenizer(folder) if not (folder / "source.spm").exists() else None
+    if tokenizer is None:
+        files = _files(folder, _MARIAN_TOKENIZER, "Marian's tokenizer")
+        files["tokenizer_config.json"] = _tokenizer_config(folder, {"eos_token": "</s>", "unk_token": "<unk>",
+                                                                    "pad_token": "<pad>"})  # fmt: skip
+        tokenizer = SentencePieceTokenizer(files, source=str(folder))
     hf = _float32(MarianMTModel, folder)
     model = from_marian(hf)
-    banned = [w[0] for w in (getattr(hf.generation_config, "bad_words_ids", None) or []) if len(w) == 1]
-    model = _with_ids(model, tokenizer, never_emit_ids=sorted(set(banned)))
+    model = _with_ids(model, tokenizer, never_emit_ids=_banned(hf))
     return model, tokenizer, {}
 
 
@@ -120,16 +132,25 @@ def _gpt2(folder: Path):
 
     config = _read_json(folder / "config.json")
     end = "<|endoftext|>"
-    files = {"tokenizer.json": _gpt2_tokenizer_json(folder)}
-    files["tokenizer_config.json"] = _tokenizer_config(folder, {"bos_token": end, "eos_token": end, "unk_token": end})
-    tokenizer = HFTokenizer(files, source=str(folder))
+    tokenizer = _aiayn_tokenizer(folder)
+    if tokenizer is None:
+        files = {"tokenizer.json": _gpt2_tokenizer_json(folder)}
+        specials = {"bos_token": end, "eos_token": end, "unk_token": end}
+        files["tokenizer_config.json"] = _tokenizer_config(folder, specials)
+        tokenizer = HFTokenizer(files, source=str(folder))
     hf = _float32(GPT2LMHeadModel, folder)
     model = from_gpt2(hf)
     ids = tokenizer.special_ids
     for field, value in (("bos_token_id", ids.bos), ("eos_token_id", ids.eos)):
         if config.get(field) is not None and config[field] != value:
             raise ConfigError(f"{folder / 'config.json'}: {field}={config[field]} but the tokenizer's is {value}")
-    return _with_ids(model, tokenizer, never_emit_ids=[]), tokenizer, {"train": {"block_size": model.config.max_len}}
+    origin = {"train": {"block_size": model.config.max_len}}
+    return _with_ids(model, tokenizer, never_emit_ids=_banned(hf)), tokenizer, origin
+
+
+def _banned(hf) -> list[int]:
+    """The single-token entries of the generation config's bad_words_ids: the ids the model never emits."""
+    return sorted({w[0] for w in (getattr(hf.generation_config, "bad_words_ids", None) or []) if len(w) == 1})
 
 
 def _gpt2_tokenizer_json(folder: Path) -> bytes:
@@ -168,5 +189,8 @@ def _with_ids(model, tokenizer, never_emit_ids: list[int]):
     for key, value in theirs.items():
         if ours[key] != value:
             raise ConfigError(f"config.json: the model's {key} is {value} but its tokenizer's is {ours[key]}")
-    model.config = ModelConfig.from_dict({**c.to_dict(), **ours, "unk_id": ids.unk, "never_emit_ids": never_emit_ids})
+    derived = ModelConfig.from_dict({**c.to_dict(), **ours, "unk_id": ids.unk, "never_emit_ids": None})
+    # The default (pad and start token) stays the default: a model aiayn exported comes back as it was.
+    never = None if list(derived.special_ids.never_emit) == never_emit_ids else never_emit_ids
+    model.config = ModelConfig.from_dict({**derived.to_dict(), "never_emit_ids": never})
     return model

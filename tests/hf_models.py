@@ -38,7 +38,7 @@ def randomize(module: torch.nn.Module, seed: int, std: float = 0.15) -> None:
         for name, param in module.named_parameters():
             if "embed_positions" in name:
                 continue
-            norm = "layer_norm" in name or ".ln_" in name
+            norm = "layer_norm" in name or ".ln_" in name or "norm." in name  # Marian, GPT-2, aiayn
             param.normal_(1.0, 0.2) if norm and name.endswith("weight") else param.normal_(0.0, std)
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from aiayn.errors import ConfigError
 from aiayn.tokenizer import Tokenizer
 
-TARGETS = ("hf",)
+TARGETS = ("hf", "ctranslate2")
 _AIAYN_SPECIALS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
 
 def export_model(model_dir: str | Path, to: str, out: str | Path) -> Path:
-    """Write the model folder `model_dir` for `to` ("hf") into the folder `out`; returns `out`."""
+    """Write the model folder `model_dir` for `to` ("hf" or "ctranslate2") into the folder `out`; returns `out`."""
     from aiayn import modelfile
 
     if to not in TARGETS:
@@ -33,6 +33,10 @@ def export_model(model_dir: str | Path, to: str, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not empty; choose a new folder for the export")
     model, tokenizer, _, _ = modelfile.load(model_dir)
+    if to == "ctranslate2":
+        from aiayn.interop.ct2 import export_ctranslate2
+
+        return export_ctranslate2(model, tokenizer, out)
     return _to_hf(model, tokenizer, out)
 
 

@@ -66,7 +66,8 @@ def test_marian_ids_are_carried_not_remapped(marian):
     model = load(folder, device="cpu").model
     pad = hf_config["pad_token_id"]
     assert (model.config.pad_id, model.config.bos_id, model.config.eos_id) == (pad, pad, hf_config["eos_token_id"])
-    assert model.config.never_emit_ids == [pad]  # Marian's generation config bans it (bad_words_ids)
+    # Marian's generation config bans the pad token (bad_words_ids): aiayn's default for pad = start, kept as such.
+    assert model.config.special_ids.never_emit == (pad,) and model.config.never_emit_ids is None
     assert verify(folder)["tokenizer"] == "sentencepiece"
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.yaml", "manifest.json", "model.safetensors", "source.spm", "target.spm", "tokenizer_config.json",

@@ -115,3 +115,16 @@ def gpt2_folder(folder: Path, seed: int = 0, tokenizer_json: bool = True) -> Pat
     randomize(hf, seed)
     hf.save_pretrained(folder)
     return folder
+
+
+def hf_outputs(hf, batch, beam: int, pad: int, eos: int, new_tokens: int) -> list[list[int]]:
+    """Hugging Face generate's ids per text (greedy, or beam search ranked by raw log-probability as aiayn's
+    alpha 0), without the start token, the end token and padding."""
+    extra = {"length_penalty": 0.0, "early_stopping": False} if beam > 1 else {}
+    out = hf.generate(**batch, num_beams=beam, do_sample=False, max_new_tokens=new_tokens,
+                      forced_eos_token_id=None, **extra)  # fmt: skip
+    rows = []
+    for row in out[:, 1:].tolist():
+        row = [i for i in row if i != pad]
+        rows.append(row[: row.index(eos)] if eos in row else row)
+    return rows

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from hf_models import EN, TEXTS, ZH  # noqa: E402
+from hf_models import EN, TEXTS, ZH, hf_outputs  # noqa: E402
 from transformers import AutoTokenizer, GPT2LMHeadModel, MarianMTModel  # noqa: E402
 
 from aiayn.cli import main  # noqa: E402
@@ -52,13 +52,7 @@ def test_seq2seq_exports_to_a_marian_folder_that_generates_aiayns_tokens(tmp_pat
     assert tok(TEXTS).input_ids == [ids + [eos] for ids in translator.tokenizer.encode_batch(TEXTS)]
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     for beam in (1, 4):
-        extra = {"length_penalty": 0.0, "early_stopping": False} if beam > 1 else {}
-        out = hf.generate(**batch, num_beams=beam, do_sample=False, max_new_tokens=NEW_TOKENS,
-                          forced_eos_token_id=None, **extra)  # fmt: skip
-        expected = []
-        for row in out[:, 1:].tolist():
-            row = [i for i in row if i != pad]
-            expected.append(row[: row.index(eos)] if eos in row else row)
+        expected = hf_outputs(hf, batch, beam, pad, eos, NEW_TOKENS)
         decode = DecodeConfig(beam_size=beam, alpha=0.0, max_len=NEW_TOKENS)
         hyps = translate_texts(translator.model, translator.tokenizer, TEXTS, decode, torch.device("cpu"))
         assert [h[0].tokens for h in hyps] == expected

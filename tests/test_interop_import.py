@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("sentencepiece")
 pytest.importorskip("sacremoses")
 
-from hf_models import TEXTS, gpt2_folder, marian_folder  # noqa: E402
+from hf_models import TEXTS, gpt2_folder, hf_outputs, marian_folder  # noqa: E402
 from transformers import GPT2LMHeadModel, GPT2TokenizerFast, MarianMTModel, MarianTokenizer  # noqa: E402
 
 from aiayn.cli import main  # noqa: E402
@@ -76,15 +76,7 @@ def test_marian_ids_are_carried_not_remapped(marian):
 
 
 def _hf_outputs(hf, batch, beam: int, pad: int, eos: int) -> list[list[int]]:
-    """Hugging Face's generated ids per text, without the start token, the end token and padding."""
-    extra = {"length_penalty": 0.0, "early_stopping": False} if beam > 1 else {}
-    out = hf.generate(**batch, num_beams=beam, do_sample=False, max_new_tokens=NEW_TOKENS,
-                      forced_eos_token_id=None, **extra)  # fmt: skip
-    rows = []
-    for row in out[:, 1:].tolist():
-        row = [i for i in row if i != pad]
-        rows.append(row[: row.index(eos)] if eos in row else row)
-    return rows
+    return hf_outputs(hf, batch, beam, pad, eos, NEW_TOKENS)
 
 
 @pytest.mark.parametrize("beam", [1, 4])
@@ -183,6 +175,8 @@ def test_unsupported_and_incomplete_sources_are_one_line(tmp_path, marian, capsy
     (partial / "tokenizer_config.json").write_text(json.dumps({**config, "separate_vocabs": True}))
     assert main(["import", str(partial), "--out", str(tmp_path / "out")]) == 2
     assert "separate source and target vocabularies (separate_vocabs) are not supported" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "no" / "such"), "--out", str(tmp_path / "out")]) == 2
+    assert "no/such: not a folder written by save_pretrained, nor a hub name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -54,6 +54,27 @@ class _Pretrained:
     """What both kinds share: files, fingerprint, decoding around the special tokens."""
 
     kind = ""
+    FILES: tuple[str, ...] = ()  # what a folder of this kind holds; tokenizer_config.json may be absent
+    _ids: SpecialIds
+
+    @classmethod
+    def load(cls, folder: str | Path):
+        """The tokenizer whose files are in `folder`; DataError naming a file that cannot be read."""
+        folder = Path(folder)
+        files = {}
+        for name in cls.FILES:
+            path = folder / name
+            if name == "tokenizer_config.json" and not path.exists():
+                continue
+            try:
+                files[name] = path.read_bytes()
+            except OSError as e:
+                raise DataError(f"{path}: cannot read the {cls.kind} tokenizer file ({e.strerror})") from None
+        return cls(files, source=str(folder))
+
+    @property
+    def special_ids(self) -> SpecialIds:
+        return self._ids
 
     def __init__(self, files: dict[str, bytes], source: str) -> None:
         self._files = files
@@ -109,6 +130,7 @@ class SentencePieceTokenizer(_Pretrained):
     """Marian's tokenizer: source.spm / target.spm pieces mapped through the shared vocab.json."""
 
     kind = "sentencepiece"
+    FILES = SPM_FILES
 
     def __init__(self, files: dict[str, bytes], source: str = "tokenizer") -> None:
         super().__init__(files, source)
@@ -162,24 +184,6 @@ class SentencePieceTokenizer(_Pretrained):
         except FileNotFoundError:  # sacremoses has no rules for this language: Marian's tokenizer skips it too
             return lambda text: text
 
-    @classmethod
-    def load(cls, folder: str | Path) -> SentencePieceTokenizer:
-        folder = Path(folder)
-        files = {}
-        for name in SPM_FILES:
-            path = folder / name
-            if name == "tokenizer_config.json" and not path.exists():
-                continue
-            try:
-                files[name] = path.read_bytes()
-            except OSError as e:
-                raise DataError(f"{path}: cannot read the SentencePiece tokenizer file ({e.strerror})") from None
-        return cls(files, source=str(folder))
-
-    @property
-    def special_ids(self) -> SpecialIds:
-        return self._ids
-
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Source ids: punctuation normalised, a leading language code as one token, source.spm pieces."""
         return [self._encode(self._normalize(t) if t else "", "source") for t in self._check_texts(texts)]
@@ -221,6 +225,7 @@ class HFTokenizer(_Pretrained):
     """A Hugging Face tokenizer.json (GPT-2's byte-level BPE) as it is, with its own special tokens."""
 
     kind = "hf"
+    FILES = HF_FILES
 
     def __init__(self, files: dict[str, bytes], source: str = "tokenizer") -> None:
         super().__init__(files, source)
@@ -248,21 +253,6 @@ class HFTokenizer(_Pretrained):
         bos = ids["bos"] if ids["bos"] is not None else ids["eos"]
         self._ids = SpecialIds(pad=pad, bos=bos, eos=ids["eos"], unk=ids["unk"] if ids["unk"] is not None else bos)
 
-    @classmethod
-    def load(cls, folder: str | Path) -> HFTokenizer:
-        folder = Path(folder)
-        files = {}
-        for name in HF_FILES:
-            try:
-                files[name] = (folder / name).read_bytes()
-            except OSError as e:
-                raise DataError(f"{folder / name}: cannot read the tokenizer file ({e.strerror})") from None
-        return cls(files, source=str(folder))
-
-    @property
-    def special_ids(self) -> SpecialIds:
-        return self._ids
-
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(self._check_texts(texts), add_special_tokens=False)]
 
@@ -280,7 +270,7 @@ class HFTokenizer(_Pretrained):
 
 
 KINDS = {"sentencepiece": SentencePieceTokenizer, "hf": HFTokenizer}
-FILES = {"sentencepiece": SPM_FILES, "hf": HF_FILES}
+FILES = {kind: cls.FILES for kind, cls in KINDS.items()}
 
 
 def load_pretrained(folder: str | Path, kind: str):

@@ -6,14 +6,12 @@ An encoder-decoder becomes a `TransformerSpec` for `ctranslate2.Translator`, a l
 already ([q; k; v] for self-attention, q and [k; v] for cross-attention); the positional table (sinusoidal,
 interleaved as in the paper, or learned) is written out as it is, so nothing is permuted. The vocabulary is the
 tokenizer's own token strings, and config.json says what goes around the pieces: the end token added to every
-source (`add_source_eos`, as aiayn's decoding does) and the decoder's start token. Give CTranslate2 the plain
-pieces of the model's tokenizer (`tokenizer.labels(ids)` in aiayn's spelling is not it: use
-`ctranslate2_tokens`), and pass `suppress_sequences` for the ids aiayn never emits (`never_emit`, written to
-config.json as `aiayn_never_emit`).
+source (`add_source_eos`, as aiayn's decoding does) and the decoder's start token. Give CTranslate2 the
+token strings of `ctranslate2_tokens` (one per id), and pass `suppress_sequences` for the ids aiayn never
+emits (written to config.json as `aiayn_never_emit`).
 
-What CTranslate2's Transformer spec cannot express is refused with one line naming the field: the recurrent
-family, rotary positions (aiayn rotates pairs of adjacent dimensions per head; supported below as interleaved),
-RMSNorm with a bias, an output bias on a language model.
+What this export cannot express is refused with one line naming the field: the recurrent family, rotary
+positions, and an output bias on a language model.
 """
 
 from __future__ import annotations

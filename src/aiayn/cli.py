@@ -103,11 +103,12 @@ def _parser_import(sub) -> None:
 
 
 def _parser_export(sub) -> None:
-    p = sub.add_parser("export", help="an aiayn model folder for another tool: hf (transformers), ctranslate2")
+    p = sub.add_parser("export", help="an aiayn model folder for another tool: hf (transformers), ctranslate2, onnx")
     p.add_argument("--model", required=True, metavar="DIR", help="a model folder, or a run folder (its best)")
-    p.add_argument("--to", required=True, choices=["hf", "ctranslate2"],
+    p.add_argument("--to", required=True, choices=["hf", "ctranslate2", "onnx"],
                    help="hf: a folder MarianMTModel / GPT2LMHeadModel load; ctranslate2: a Translator / Generator "
-                   "folder")  # fmt: skip
+                   "folder; onnx: encoder and decoder-step graphs for onnxruntime "
+                   "(aiayn.interop.onnx.greedy)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
     p.set_defaults(func=_export)
 

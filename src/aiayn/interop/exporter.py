@@ -1,4 +1,5 @@
-"""`aiayn export --to hf`: an aiayn model folder as a Hugging Face folder that transformers loads as it is.
+"""`aiayn export`: an aiayn model folder for another tool. `--to ctranslate2` is aiayn.interop.ct2, `--to onnx`
+aiayn.interop.onnx_export; this module writes `--to hf`, a Hugging Face folder that transformers loads as it is.
 
 An encoder-decoder becomes a `MarianMTModel` (post-LN, sinusoidal positions), a language model a `GPT2LMHeadModel`
 (pre-LN, learned positions), through aiayn.interop.hf (the same logits); anything else is refused with one line
@@ -19,12 +20,13 @@ from pathlib import Path
 from aiayn.errors import ConfigError
 from aiayn.tokenizer import Tokenizer
 
-TARGETS = ("hf", "ctranslate2")
+TARGETS = ("hf", "ctranslate2", "onnx")
 _AIAYN_SPECIALS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
 
 
 def export_model(model_dir: str | Path, to: str, out: str | Path) -> Path:
-    """Write the model folder `model_dir` for `to` ("hf" or "ctranslate2") into the folder `out`; returns `out`."""
+    """Write the model folder `model_dir` for `to` ("hf", "ctranslate2" or "onnx") into the folder `out`; returns
+    `out`."""
     from aiayn import modelfile
 
     if to not in TARGETS:
@@ -32,7 +34,12 @@ def export_model(model_dir: str | Path, to: str, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not empty; choose a new folder for the export")
-    model, tokenizer, _, _ = modelfile.load(model_dir)
+    model, tokenizer, _, folder = modelfile.load(model_dir)
+    if to == "onnx":
+        from aiayn.interop.onnx_export import export_onnx
+
+        kind = modelfile.tokenizer_kind(modelfile.verify(folder))
+        return export_onnx(model, folder, kind, modelfile.TOKENIZER_FILES[kind], out)
     if to == "ctranslate2":
         from aiayn.interop.ct2 import export_ctranslate2
 

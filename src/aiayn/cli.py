@@ -36,6 +36,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
 
 
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="int8: int8 linear layers for faster CPU decoding (default: none, fp32)")  # fmt: skip
+
+
 def _add_decoding(p: argparse.ArgumentParser) -> None:
     from aiayn.config.decode import DEFAULTS as D
 
@@ -136,6 +141,7 @@ def _parser_demo(sub) -> None:
 def _parser_translate(sub) -> None:
     p = sub.add_parser("translate", help="translate lines of text (stdin or a file), one output line per input line")
     _add_model(p)
+    _add_quantize(p)
     _add_decoding(p)
     p.add_argument("--n-best", type=int, default=1, help="K > 1: each output line is a JSON list of the K best")
     p.add_argument("--input", default=None, metavar="FILE", help="one sentence per line (default: stdin)")
@@ -148,6 +154,7 @@ def _parser_generate(sub) -> None:
 
     p = sub.add_parser("generate", help="continue a prompt with a language model")
     _add_model(p)
+    _add_quantize(p)
     p.add_argument("--prompt", required=True, help="the text to continue ('-': read it from stdin)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add (default 200)")
     p.add_argument("--temperature", type=float, default=D.temperature, help="softmax temperature; 0 = greedy "
@@ -163,6 +170,7 @@ def _parser_generate(sub) -> None:
 def _parser_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="translate a test set and score it: sacreBLEU, chrF, lowercased BLEU")
     _add_model(p)
+    _add_quantize(p)
     _add_decoding(p)
     p.add_argument("--src", required=True, metavar="FILE", help="source sentences, one per line")
     p.add_argument("--ref", required=True, metavar="FILE", help="reference translations, line-aligned with --src")
@@ -230,6 +238,7 @@ def _parser_explain(sub) -> None:
 def _parser_serve(sub) -> None:
     p = sub.add_parser("serve", help="a local HTTP API and web page for a trained model")
     _add_model(p)
+    _add_quantize(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-in-flight", type=int, default=4, help="requests run at once; more wait (default 4)")

@@ -119,7 +119,7 @@ def _translate(args: argparse.Namespace, extra: list[str]) -> int:
     from aiayn.inference import load
 
     decode = _decode_config(args)
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, quantize=args.quantize)
     lines = _input_lines(args.input)
     with _progress(len(lines), args.input not in (None, "-")) as bar:
         results = model.translate_n_best(lines, progress=bar.update, decode=decode)
@@ -141,7 +141,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     decode = _decode_config(args)
     if args.num_samples < 1:
         raise UserError(f"--num-samples {args.num_samples}: expected an integer >= 1")
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, quantize=args.quantize)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     samples = model.generate_batch([prompt] * args.num_samples, args.max_new_tokens, decode=decode)
     for i, text in enumerate(samples):
@@ -159,7 +159,7 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from aiayn.inference import load
 
     decode = _decode_config(args)
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, quantize=args.quantize)
     sources, refs = _input_lines(args.src), _input_lines(args.ref)
     if len(sources) != len(refs):
         raise UserError(f"--src {args.src} has {len(sources):,} lines but --ref {args.ref} has {len(refs):,}")
@@ -257,7 +257,7 @@ def _serve(args: argparse.Namespace, extra: list[str]) -> int:
     for flag, value in [("--request-timeout", args.request_timeout), ("--idle-timeout", args.idle_timeout)]:
         if not 0 < value < float("inf"):
             raise UserError(f"{flag} {value:g}: expected a number of seconds > 0")
-    model = load(args.model, device=args.device)
+    model = load(args.model, device=args.device, quantize=args.quantize)
     settings = Settings(max_in_flight=args.max_in_flight, cors_origins=args.cors_origin or [], queue=args.queue,
                         request_timeout=args.request_timeout, idle_timeout=args.idle_timeout)  # fmt: skip
     if args.max_work is not None:

@@ -7,7 +7,8 @@
 
 Loading reads `config.yaml`, `tokenizer.json` and `model.safetensors` (never a pickle) through aiayn.modelfile,
 after checking the folder's sha256 manifest. Inference decides what the model does not: the device, the weight
-layout for CPU decoding and, with compile=True, a compiled decoding step (aiayn.inference.compiled).
+layout for CPU decoding and, with compile=True, a compiled decoding step (aiayn.inference.compiled), or with
+quantize="int8" int8 linear layers (aiayn.inference.quantize).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiayn.config import TaskKind
 from aiayn.inference.base import Attention, Pretrained, Translation, pick_device
 from aiayn.inference.compiled import compile_decoding, inference_layout
 from aiayn.inference.generator import Generator
+from aiayn.inference.quantize import check_mode, quantize_int8
 from aiayn.inference.translator import Translator
 from aiayn.modelfile import CheckpointError
 
@@ -37,18 +39,27 @@ def wrap(model: torch.nn.Module, tokenizer, config: dict, folder: Path | None = 
     return KINDS[model.task](model, tokenizer, config, folder)
 
 
-def load(path: str | Path, device: str | torch.device | None = "auto", compile: bool = False) -> Pretrained:
+def load(
+    path: str | Path, device: str | torch.device | None = "auto", compile: bool = False, quantize: str | None = None
+) -> Pretrained:
     """A model folder -> Translator or Generator. CheckpointError (one line naming the folder and the problem)
     when the folder is missing or incomplete, its files do not match their manifest, the tokenizer does not
     belong to the weights, or the weights do not match the config.
 
     compile=True compiles the decoding step (`compile_decoding`): faster decoding after a one-time compilation
-    at the first batch.
+    at the first batch. quantize="int8": int8 Linear layers for CPU decoding (aiayn.inference.quantize); the
+    implementation used is the result's `quantized` ("torch.ao" or "torchao"; None without quantize).
     """
     model, tokenizer, config, folder = modelfile.load(path)
     model = model.to(pick_device(device)).eval()
-    if next(model.parameters()).device.type == "cpu":
+    check_mode(quantize, next(model.parameters()).device, compile)
+    quantized = None
+    if quantize == "int8":
+        quantized = quantize_int8(model)  # its kernels pack the weights their own way: no inference_layout
+    elif next(model.parameters()).device.type == "cpu":
         inference_layout(model)  # faster CPU decoding; same values
     if compile:
         compile_decoding(model)
-    return wrap(model, tokenizer, config, folder)
+    pretrained = wrap(model, tokenizer, config, folder)
+    pretrained.quantized = quantized
+    return pretrained

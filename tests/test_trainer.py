@@ -10,6 +10,7 @@ import sys
 import pytest
 import tiny_run
 import torch
+import yaml
 from safetensors.torch import load_file
 from tiny_run import ROOT, aiayn, assert_same_run, final_weights, metrics
 
@@ -256,8 +257,11 @@ def test_init_from_starts_a_new_run_from_a_models_weights_and_tokenizer(referenc
     entries = metrics(out)
     assert entries[0]["step"] == 1 and entries[0]["lr"] == pytest.approx(0.003 / 4)  # the schedule starts over
     assert entries[0]["loss"] < metrics(reference)[0]["loss"]  # but the weights are trained ones
-    wider = train(tmp_path / "x", "--init-from", reference / "best", "--model.d_model", "64")
-    assert wider.returncode == 2 and "weights do not match the config" in wider.stderr
+    # Fine-tuning takes the architecture from the folder (issue 20): a config's other model says so, and is not used.
+    wider = train(tmp_path / "x", "--init-from", reference / "best", "--model.d_model", "64", "--train.max_steps", "1")
+    assert wider.returncode == 0, wider.stderr
+    assert "its architecture, not the config's: model.d_model: 64 -> 32" in wider.stdout
+    assert yaml.safe_load((tmp_path / "x" / "config.yaml").read_text())["model"]["d_model"] == 32
 
 
 def test_max_minutes_stops_evaluates_and_saves(tmp_path):

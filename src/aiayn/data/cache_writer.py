@@ -90,9 +90,11 @@ def _replace_folder(tmp: Path, folder: Path) -> None:
 class _Writer:
     """Filters and tokenizes chunks of examples and appends the kept ones to the files of a cache folder."""
 
-    def __init__(self, folder: Path, encode_batch: EncodeBatch, *, max_tokens, max_ratio, name: str):
+    def __init__(self, folder: Path, encode_batch: EncodeBatch, *, max_tokens, max_ratio, name: str,
+                 encode_target: EncodeBatch | None = None):  # fmt: skip
         self.folder = folder
         self.encode_batch = encode_batch
+        self.encode_target = encode_target  # targets' own encoding (Marian's target.spm); None: encode_batch
         self.stats = CorpusStats(name=name, max_tokens=max_tokens, max_ratio=max_ratio)
         self.paired: bool | None = None
         self.files: dict = {}
@@ -136,7 +138,10 @@ class _Writer:
         if not lines:
             self._skip("empty", len(empty_lines), min(empty_lines))
             return
-        encoded = self.encode_batch(keep_texts)
+        if paired and self.encode_target is not None:
+            encoded = self.encode_batch(keep_texts[: len(lines)]) + self.encode_target(keep_texts[len(lines) :])
+        else:
+            encoded = self.encode_batch(keep_texts)
         if len(encoded) != len(keep_texts):
             raise ValueError(f"encode_batch returned {len(encoded)} sequences for {len(keep_texts)} texts")
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))

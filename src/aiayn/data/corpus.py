@@ -126,6 +126,7 @@ class TokenCorpus(TokenLayout):
         max_ratio: float | None,
         name: str,
         chunk: int = 4096,
+        encode_target: EncodeBatch | None = None,
     ) -> TokenCorpus:
         """Tokenize `examples` into the cache folder `folder` (replacing it atomically) and open it.
 
@@ -133,24 +134,22 @@ class TokenCorpus(TokenLayout):
             cleaned. The iterable is drained here, so a reader's errors (e.g. parallel files of different lengths)
             surface now, and then nothing is left behind.
         encode_batch: texts -> token ids per text, without special tokens; called with up to 2 * chunk texts.
+        encode_target: the same for the targets of pairs, when they are encoded differently (an imported Marian's
+            target.spm); None: encode_batch encodes both.
         max_tokens: skip an example if len(src) + 1 (EOS) or len(tgt) + 2 (BOS, EOS) exceeds it; None = no limit.
         max_ratio: skip a pair if max(len) / max(min(len), 1) > max_ratio (token counts); None = no limit.
         name: the label used in the stats and in errors, e.g. the input file's path.
         Raises DataError "no training examples in <name> (...)" when nothing is kept.
         """
-        if chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {chunk}")
-        if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
-        if max_ratio is not None and not max_ratio >= 1:
-            raise ValueError(f"max_ratio must be >= 1 or None, got {max_ratio}")
+        _check_limits(chunk, max_tokens, max_ratio)
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # a build of this cache that was killed
             shutil.rmtree(stale)
         tmp = temp_beside(folder)
         tmp.mkdir()
-        writer = _Writer(tmp, encode_batch, max_tokens=max_tokens, max_ratio=max_ratio, name=name)
+        writer = _Writer(tmp, encode_batch, max_tokens=max_tokens, max_ratio=max_ratio, name=name,
+                         encode_target=encode_target)  # fmt: skip
         try:
             batch: list[tuple[int, str, str | None]] = []
             for example in examples:
@@ -176,6 +175,15 @@ class TokenCorpus(TokenLayout):
                 raise disk_full(folder, written, "the token cache") from None
             raise
         return cls.open(folder)
+
+
+def _check_limits(chunk: int, max_tokens: int | None, max_ratio: float | None) -> None:
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}")
+    if max_ratio is not None and not max_ratio >= 1:
+        raise ValueError(f"max_ratio must be >= 1 or None, got {max_ratio}")
 
 
 def token_stream(corpus: TokenCorpus) -> np.ndarray:

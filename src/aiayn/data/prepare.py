@@ -214,6 +214,7 @@ def build_corpus(
             max_tokens=None if split_is_text else data.max_example_tokens,  # LM text is one stream: no line is too long
             max_ratio=None if split_is_text else (data.max_ratio or None),
             name=name,
+            encode_target=getattr(tokenizer, "encode_target_batch", None),  # an imported Marian's target side
         )
     log(corpus.stats.summary())
     return corpus
@@ -231,8 +232,11 @@ def valid_texts(data: DataConfig, seed: int, limit: int) -> list[tuple[str, str]
 
 
 def prepare(
-    data: DataConfig, tok: TokenizerConfig, seed: int, run_dir: Path, bleu_sentences: int, log: Callable[[str], None]
+    data: DataConfig, tok: TokenizerConfig, seed: int, run_dir: Path, bleu_sentences: int, log: Callable[[str], None],
+    tokenizer=None,
 ) -> Prepared:
+    """The run's tokenizer (`tokenizer` when given: an imported model's, for fine-tuning; else `get_tokenizer`),
+    its token caches for train and valid, and the validation pairs BLEU is computed on."""
     if not data.has_training_data:
         raise DataError(
             "no training data: set data.task, data.train_src + data.train_tgt, data.train_tsv or data.train_text"
@@ -240,7 +244,8 @@ def prepare(
     for split in ("train", "valid"):  # a missing, unreadable or binary file fails now, before any work
         for path in _files(data, split):
             next(iter(read_lines(path)), None)
-    tokenizer = get_tokenizer(tok, data, seed, run_dir / "tokenizer.json", log)
+    if tokenizer is None:
+        tokenizer = get_tokenizer(tok, data, seed, run_dir / "tokenizer.json", log)
     cache = run_dir / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     task = data.task_kind

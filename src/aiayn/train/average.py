@@ -10,6 +10,7 @@ import yaml
 from aiayn.config import ModelConfig
 from aiayn.errors import ModelFolderError
 from aiayn.model import build_model
+from aiayn.modelfile import TOKENIZER_FILES, tokenizer_kind
 from aiayn.train import checkpoint as ckpt
 
 
@@ -18,18 +19,17 @@ def average_checkpoints(folders: list[str], out: str) -> Path:
     if not folders:
         raise ModelFolderError("--models: give at least one checkpoint folder")
     paths = [ckpt.resolve_model_dir(f) for f in folders]
-    for path in paths:
-        ckpt.verify(path)
-    first = paths[0]
+    kinds = [tokenizer_kind(ckpt.verify(path)) for path in paths]
+    first, kind = paths[0], kinds[0]
     config = yaml.safe_load((first / "config.yaml").read_text(encoding="utf-8"))
-    tokenizer_json = (first / "tokenizer.json").read_bytes()
+    tokenizer = {name: (first / name).read_bytes() for name in TOKENIZER_FILES[kind]}  # its files, of its kind
     for path in paths[1:]:
         other = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
         if other.get("model") != config.get("model"):
             raise ModelFolderError(
                 f"{path}: its model config differs from {first}'s; only one run's checkpoints average"
             )
-        if (path / "tokenizer.json").read_bytes() != tokenizer_json:
+        if kinds[paths.index(path)] != kind or any((path / n).read_bytes() != b for n, b in tokenizer.items()):
             raise ModelFolderError(
                 f"{path}: its tokenizer differs from {first}'s; only one run's checkpoints average"
             )
@@ -42,4 +42,6 @@ def average_checkpoints(folders: list[str], out: str) -> Path:
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             tensor.copy_((total[name] / len(paths)).to(tensor.dtype))
-    return ckpt.save_checkpoint(Path(out), model=model, config=config, tokenizer_json=tokenizer_json)
+    if kind in ("bpe", "char"):
+        return ckpt.save_checkpoint(Path(out), model=model, config=config, tokenizer_json=tokenizer["tokenizer.json"])
+    return ckpt.save_checkpoint(Path(out), model=model, config=config, tokenizer_files=tokenizer, tokenizer_kind=kind)

@@ -22,7 +22,10 @@ import yaml
 from aiayn.config import ModelConfig
 from aiayn.errors import DataError, UserError
 from aiayn.files import disk_full, write_atomic
+from aiayn.modelfile import tokenizer_kind
 from aiayn.tokenizer import Tokenizer
+from aiayn.tokenizer_pretrained import FILES as PRETRAINED_FILES
+from aiayn.tokenizer_pretrained import load_pretrained
 from aiayn.train import checkpoint as ckpt
 
 
@@ -143,7 +146,9 @@ class RunFolder:
         """ResumeError listing every difference between checkpoint `path` and this run (model keys, tokenizer)."""
         saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
         problems = config_differences(saved.get("model", {}), model)
-        old = Tokenizer.load(path / "tokenizer.json").fingerprint()
+        kind = tokenizer_kind(ckpt.verify(path))
+        kept = load_pretrained(path, kind) if kind in PRETRAINED_FILES else Tokenizer.load(path / "tokenizer.json")
+        old = kept.fingerprint()
         if old != tokenizer_fingerprint:
             problems.append(f"tokenizer: fingerprint {old[:12]} in the checkpoint, {tokenizer_fingerprint[:12]} now")
         if problems:

@@ -29,22 +29,24 @@ from pathlib import Path
 
 import torch
 
-from aiayn.config import ModelConfig, RunConfig, TaskKind
+from aiayn.config import RunConfig, TaskKind
 from aiayn.data.loaders import text_streams, train_batches
 from aiayn.data.prepare import Prepared, prepare
 from aiayn.data.reader import DataError
 from aiayn.errors import ConfigError
-from aiayn.files import fault
-from aiayn.model import build, task_kind, use_kernels
-from aiayn.modelfile import load_weights, resolve
+from aiayn.files import fault, write_atomic
+from aiayn.model import build, use_kernels
+from aiayn.modelfile import load_weights
 from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed
 from aiayn.train.evaluator import Evaluator, loss_pad_id
+from aiayn.train.init_from import StartingPoint, starting_point
 from aiayn.train.loss import LossModel
 from aiayn.train.optim import grad_norm, learning_rate, make_optimizer, optimizer_step
 from aiayn.train.precision import autocast, kernels_for, matmul_precision
 from aiayn.train.process import process_settings
 from aiayn.train.reproducible import micro_seed, rng_state, set_rng_state
+from aiayn.train.resolve_model import resolve_model
 from aiayn.train.run_folder import ResumeError, RunFolder, config_differences
 from aiayn.train.state import Clock, TrainState
 
@@ -71,6 +73,7 @@ class Trainer:
         self.config = resolved(config)
         self.resume = resume
         self.init_from = init_from  # a model folder whose weights start a new run (fine-tuning); fresh optimizer
+        self.start: StartingPoint | None = None  # what init_from gives: architecture, tokenizer (train.init_from)
         self.folder = RunFolder(self.config.train.out_dir)
         self.state = TrainState()
         self.stop_signal: int | None = None
@@ -110,45 +113,28 @@ class Trainer:
         """Rank 0 trains the tokenizer and builds the caches; the others then open them."""
         cfg, prepared, error = self.config, None, None
         args = (cfg.data, cfg.tokenizer, cfg.train.seed, self.run_dir, cfg.train.eval_bleu_sentences)
+        given = self.start.tokenizer if self.start is not None else None  # an imported model's, when fine-tuning
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             try:
-                prepared = prepare(*args, self.log)
+                prepared = prepare(*args, self.log, tokenizer=given)
             except (DataError, ValueError) as e:
                 error = e
         if not distributed.all_ok(error is None, self.dist):
             if error is not None:
                 raise error
             raise SystemExit(2)  # rank 0 reports the data error
-        return prepared if prepared is not None else prepare(*args, lambda _: None)
-
-    def _resolve_model(self, data: Prepared) -> None:
-        """Complete the resolved config from the data: the vocabulary size, and a family for the task kind."""
-        cfg = self.config
-        cfg.model = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": data.tokenizer.vocab_size})
-        if cfg.model.special_ids != data.tokenizer.special_ids:
-            ids = data.tokenizer.special_ids
-            raise ConfigError(
-                f"model.pad_id/bos_id/eos_id/unk_id = {cfg.model.pad_id}/{cfg.model.bos_id}/{cfg.model.eos_id}/"
-                f"{cfg.model.unk_id}, but the tokenizer's are {ids.pad}/{ids.bos}/{ids.eos}/{ids.unk}: leave them out"
-            )
-        family_task = task_kind(cfg.model)
-        if family_task is TaskKind.TEXT and data.task is TaskKind.PAIRS:
-            raise ConfigError("model.arch='lm' needs data.train_text (plain text); parallel data trains 'seq2seq'")
-        if family_task is TaskKind.PAIRS and data.task is TaskKind.TEXT:
-            raise ConfigError(
-                f"data.train_text is plain text, which trains a language model, but model.arch={cfg.model.arch!r} "
-                "learns from pairs of texts: set model.arch: lm (--model.arch lm), or give parallel data"
-            )
+        return prepared if prepared is not None else prepare(*args, lambda _: None, tokenizer=given)
 
     def _setup(self) -> None:
         cfg, d = self.config, self.dist
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"train.out_dir {self.run_dir} is a file; expected a folder for the run")
-        if self.init_from and not cfg.tokenizer.path:  # fine-tuning keeps the token ids the weights were trained on
-            cfg.tokenizer.path = str(resolve(self.init_from) / "tokenizer.json")
+        if self.init_from:  # the folder's architecture and tokenizer, the config's training settings
+            self.start = starting_point(self.init_from, cfg)
+            cfg.model = self.start.model
         self.data = self._prepare_data()
-        self._resolve_model(self.data)
+        resolve_model(cfg, self.data, ids_from_tokenizer=self.start is None or self.start.tokenizer is None)
         resume_from = self.folder.find_resume(self.resume, self.log, d.is_main, lambda: distributed.barrier(d))
         if resume_from is not None:
             self.folder.check_compatible(resume_from, cfg.model.to_dict(), self.data.tokenizer.fingerprint())
@@ -184,18 +170,25 @@ class Trainer:
         if resume_from is not None:
             self._load(resume_from)
         else:
-            if self.init_from:
-                source = resolve(self.init_from)
-                ckpt.verify(source)
-                load_weights(self.model, source)
-                self.log(f"weights from {source}; new optimizer and schedule")
+            if self.start is not None:
+                load_weights(self.model, self.start.folder)
+                self.log(f"weights from {self.start.folder}; new optimizer and schedule")
+                if self.start.ignored:
+                    self.log("its architecture, not the config's: " + ", ".join(self.start.ignored))
             if self.dist.is_main:
                 self.folder.metrics.unlink(missing_ok=True)
+        files = self.start.tokenizer_files() if self.start is not None else None  # an imported model's tokenizer
         if self.dist.is_main:
             self.folder.write_config(self.config.to_dict())
-            if not (self.run_dir / "tokenizer.json").exists():  # a tokenizer given by path: the run keeps a copy
+            for name, data in (files or {}).items():
+                write_atomic(self.run_dir / name, data)
+            if files is None and not (self.run_dir / "tokenizer.json").exists():  # given by path: the run keeps a copy
                 self.data.tokenizer.save(self.run_dir / "tokenizer.json")
-        self.tokenizer_json = (self.run_dir / "tokenizer.json").read_bytes() if self.dist.is_main else b""
+        if files is not None:
+            self.tokenizer_save = {"tokenizer_files": files, "tokenizer_kind": self.start.kind}
+        else:
+            self.tokenizer_save = {"tokenizer_json": (self.run_dir / "tokenizer.json").read_bytes()
+                                   if self.dist.is_main else b""}  # fmt: skip
 
     def _forward_model(self) -> torch.nn.Module:
         """The model and its loss (LossModel), compiled when asked, wrapped in DDP for several processes."""
@@ -394,6 +387,5 @@ class Trainer:
                 "world_size": self.dist.world_size,
             }
             self.folder.save(step, self.state.best_step, self.config.train.keep_last, model=self.model,
-                             config=self.config.to_dict(), tokenizer_json=self.tokenizer_json,
-                             trainer_state=state)  # fmt: skip
+                             config=self.config.to_dict(), trainer_state=state, **self.tokenizer_save)  # fmt: skip
         distributed.barrier(self.dist)

@@ -1,0 +1,30 @@
+"""Completing a run's model config from its data, once the tokenizer is known."""
+
+from __future__ import annotations
+
+from aiayn.config import ModelConfig, RunConfig, TaskKind
+from aiayn.data.prepare import Prepared
+from aiayn.errors import ConfigError
+from aiayn.model import task_kind
+
+
+def resolve_model(cfg: RunConfig, data: Prepared, ids_from_tokenizer: bool = True) -> None:
+    """Complete cfg.model from the data, in place: the vocabulary size and special ids of aiayn's own tokenizer
+    (ids_from_tokenizer; an imported model's folder carries its own, fine-tuning keeps them), and a family that
+    learns from the data's task kind. ConfigError, one line, otherwise."""
+    if ids_from_tokenizer:
+        cfg.model = ModelConfig.from_dict({**cfg.model.to_dict(), "vocab_size": data.tokenizer.vocab_size})
+        if cfg.model.special_ids != data.tokenizer.special_ids:
+            ids = data.tokenizer.special_ids
+            raise ConfigError(
+                f"model.pad_id/bos_id/eos_id/unk_id = {cfg.model.pad_id}/{cfg.model.bos_id}/{cfg.model.eos_id}/"
+                f"{cfg.model.unk_id}, but the tokenizer's are {ids.pad}/{ids.bos}/{ids.eos}/{ids.unk}: leave them out"
+            )
+    family_task = task_kind(cfg.model)
+    if family_task is TaskKind.TEXT and data.task is TaskKind.PAIRS:
+        raise ConfigError("model.arch='lm' needs data.train_text (plain text); parallel data trains 'seq2seq'")
+    if family_task is TaskKind.PAIRS and data.task is TaskKind.TEXT:
+        raise ConfigError(
+            f"data.train_text is plain text, which trains a language model, but model.arch={cfg.model.arch!r} "
+            "learns from pairs of texts: set model.arch: lm (--model.arch lm), or give parallel data"
+        )

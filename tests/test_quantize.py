@@ -100,3 +100,17 @@ def test_what_cannot_be_quantized_is_one_line(dates_model, kwargs, message):
 def test_quantize_flag_is_refused_where_it_does_not_apply(dates_model):
     result = aiayn("perplexity", "--model", dates_model, "--quantize", "int8", "--text", "x")
     assert result.returncode == 2 and "unrecognized arguments: --quantize" in result.stderr
+
+
+def test_torchao_where_torch_ao_quantizes_nothing(dates_model, monkeypatch):
+    """A torch whose torch.ao.quantize_dynamic leaves the layers as they are gets torchao's int8 layers."""
+    pytest.importorskip("torchao")
+    from aiayn.inference import quantize
+
+    monkeypatch.setattr(quantize, "_torch_ao", lambda model: False)
+    fp32, int8 = load(dates_model, device="cpu"), load(dates_model, device="cpu", quantize="int8")
+    assert int8.quantized == "torchao"
+    assert all(type(m.weight) is not torch.nn.Parameter for m in int8.model.modules() if type(m) is torch.nn.Linear)
+    sources = [s for s, _ in _held_out()[:100]]
+    a, b = fp32.translate(sources, beam=1), int8.translate(sources, beam=1)
+    assert sum(x == y for x, y in zip(a, b, strict=True)) >= 90

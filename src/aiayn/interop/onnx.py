@@ -25,6 +25,7 @@ from aiayn.errors import ConfigError
 
 EXTRA_LENGTH = 50  # as aiayn.decoding.search: new tokens allowed beyond the source length by default
 LM_NEW_TOKENS = 200  # as Generator.generate's default
+BATCH = 64  # sources decoded together
 
 
 class OnnxModel:
@@ -124,9 +125,14 @@ class OnnxModel:
             prompts = [self.tokenizer.encode(t) for t in texts]
             return [self.continue_ids(p, new) if p else [] for p in prompts]
         sources = encode_sources(self.tokenizer, texts, self.meta["max_len"], self.meta["eos_id"])
-        kept = [s for s in sources if s is not None]
-        outs = iter(self.translate_ids(kept, max_len) if kept else [])
-        return [next(outs) if s is not None else [] for s in sources]
+        out: list[list[int]] = [[] for _ in sources]
+        # Batches of sources of similar lengths (little padding, rows that finish together), in input order back.
+        order = sorted((i for i, s in enumerate(sources) if s is not None), key=lambda i: len(sources[i]))
+        for start in range(0, len(order), BATCH):
+            rows = order[start : start + BATCH]
+            for i, ids in zip(rows, self.translate_ids([sources[i] for i in rows], max_len), strict=True):
+                out[i] = ids
+        return out
 
     def texts(self, ids: list[list[int]]) -> list[str]:
         """Token ids -> text, as aiayn's translate (seq2seq) and generate (language model) write them."""

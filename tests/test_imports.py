@@ -21,6 +21,7 @@ LAYERS = {
     "aiayn.files": 1,
     "aiayn.tokenizer": 2,
     "aiayn.tokenizer_pretrained": 2,
+    "aiayn.tokenizer_spm_train": 2,
     "aiayn.tokenizer_train": 2,
     "aiayn.model": 2,
     "aiayn.data": 3,

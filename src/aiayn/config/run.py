@@ -20,7 +20,7 @@ from aiayn.errors import ConfigError
 # (`--train.max_steps 200`). Key names here are a promise to users' scripts (issue 3): keep them.
 
 Task = Literal["", "dates", "copy", "reverse"]
-TokenizerKind = Literal["bpe", "char"]
+TokenizerKind = Literal["bpe", "char", "sentencepiece"]
 Schedule = Literal["noam", "inverse_sqrt", "cosine"]
 Precision = Literal["fp32", "bf16", "fp16"]
 MatmulPrecision = Literal["fp32", "bf16", "tf32"]
@@ -89,7 +89,10 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class TokenizerConfig:
-    """The subword tokenizer. `path` empty: `aiayn train` trains one on the training text and saves it in the run."""
+    """The subword tokenizer. `path` empty: `aiayn train` trains one on the training text and saves it in the run.
+
+    kind: "bpe" or "char" (aiayn's own, one tokenizer.json), or "sentencepiece" (a unigram SentencePiece model in
+    Marian's layout: source.spm, target.spm and vocab.json; `path` is then a folder with those files)."""
 
     path: str = ""
     kind: TokenizerKind = "bpe"

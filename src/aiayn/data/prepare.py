@@ -168,6 +168,8 @@ def get_tokenizer(
 ) -> Tokenizer:
     """The configured tokenizer file, the run's own (when it was trained on this data with these settings), or a
     new one trained on the training text, saved to `out` with its record (after every data file was read once)."""
+    if cfg.kind == "sentencepiece":
+        return _sentencepiece(cfg, data, seed, out.parent, log)
     if cfg.path:
         return Tokenizer.load(cfg.path)
     source = tokenizer_source(cfg, data, seed)
@@ -190,6 +192,30 @@ def get_tokenizer(
     tokenizer.save(out)
     write_atomic(out.with_name(SOURCE_RECORD), json.dumps(source, indent=1).encode("utf-8"))
     log(f"tokenizer: {tokenizer.vocab_size} tokens, saved to {out}")
+    return tokenizer
+
+
+def _sentencepiece(cfg: TokenizerConfig, data: DataConfig, seed: int, run_dir: Path, log: Callable[[str], None]):
+    """`tokenizer.kind: sentencepiece`: the folder `tokenizer.path` (source.spm, target.spm, vocab.json), the run's
+    own (trained on this data with these settings), or a new one trained on the training text (source and target
+    together), its files written into the run folder."""
+    from aiayn.tokenizer_pretrained import load_pretrained
+    from aiayn.tokenizer_spm_train import train_sentencepiece
+
+    if cfg.path:
+        return load_pretrained(Path(cfg.path), "sentencepiece")
+    source = tokenizer_source(cfg, data, seed)
+    if _reusable(run_dir / "vocab.json", source, log):
+        return load_pretrained(run_dir, "sentencepiece")
+    for _ in _raw_texts(data, "valid", seed):
+        pass  # every validation file is readable before anything is written
+    log(f"training a sentencepiece tokenizer (vocab_size {cfg.vocab_size}) on the training text")
+    (run_dir / SOURCE_RECORD).unlink(missing_ok=True)
+    tokenizer = train_sentencepiece(_raw_texts(data, "train", seed), cfg.vocab_size, cfg.max_train_chars)
+    for name, content in tokenizer.files().items():
+        write_atomic(run_dir / name, content)
+    write_atomic(run_dir / SOURCE_RECORD, json.dumps(source, indent=1).encode("utf-8"))
+    log(f"tokenizer: {tokenizer.vocab_size} tokens, saved to {run_dir} (source.spm, target.spm, vocab.json)")
     return tokenizer
 
 

@@ -37,6 +37,7 @@ from aiayn.errors import ConfigError
 from aiayn.files import fault, write_atomic
 from aiayn.model import build, use_kernels
 from aiayn.modelfile import load_weights
+from aiayn.tokenizer_pretrained import FILES as PRETRAINED_FILES
 from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed
 from aiayn.train.evaluator import Evaluator, loss_pad_id
@@ -177,7 +178,9 @@ class Trainer:
                     self.log("its architecture, not the config's: " + ", ".join(self.start.ignored))
             if self.dist.is_main:
                 self.folder.metrics.unlink(missing_ok=True)
-        files = self.start.tokenizer_files() if self.start is not None else None  # an imported model's tokenizer
+        tokenizer = self.data.tokenizer  # aiayn's own (tokenizer.json), or a SentencePiece / imported one's files
+        kind = tokenizer.kind if tokenizer.kind in PRETRAINED_FILES else "bpe"
+        files = tokenizer.files() if kind in PRETRAINED_FILES else None
         if self.dist.is_main:
             self.folder.write_config(self.config.to_dict())
             for name, data in (files or {}).items():
@@ -185,7 +188,7 @@ class Trainer:
             if files is None and not (self.run_dir / "tokenizer.json").exists():  # given by path: the run keeps a copy
                 self.data.tokenizer.save(self.run_dir / "tokenizer.json")
         if files is not None:
-            self.tokenizer_save = {"tokenizer_files": files, "tokenizer_kind": self.start.kind}
+            self.tokenizer_save = {"tokenizer_files": files, "tokenizer_kind": kind}
         else:
             self.tokenizer_save = {"tokenizer_json": (self.run_dir / "tokenizer.json").read_bytes()
                                    if self.dist.is_main else b""}  # fmt: skip

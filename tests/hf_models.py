@@ -128,3 +128,20 @@ def hf_outputs(hf, batch, beam: int, pad: int, eos: int, new_tokens: int) -> lis
         row = [i for i in row if i != pad]
         rows.append(row[: row.index(eos)] if eos in row else row)
     return rows
+
+
+def aiayn_folder(folder: Path, tokenizer, arch: str, seed: int = 0, **overrides) -> Path:
+    """An aiayn model folder of a small random model (untied, LayerNorm scales near 1: outputs that vary with
+    the input) with aiayn's own `tokenizer`: what the export tests convert."""
+    from aiayn.config import ModelConfig
+    from aiayn.model import build
+    from aiayn.train import checkpoint as ckpt
+
+    config = ModelConfig(arch=arch, vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4,
+                         n_encoder_layers=0 if arch == "lm" else 2, n_decoder_layers=2, d_ff=64, max_len=128,
+                         dropout=0.0, tie_embeddings=False, **overrides)  # fmt: skip
+    model = build(config).eval()
+    randomize(model, seed)
+    ckpt.save_checkpoint(folder, model=model, config={"model": config.to_dict()},
+                         tokenizer_json=tokenizer.to_json().encode())  # fmt: skip
+    return folder

@@ -11,17 +11,15 @@ import torch
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
-from hf_models import EN, TEXTS, ZH, randomize  # noqa: E402
+from hf_models import EN, TEXTS, ZH, aiayn_folder  # noqa: E402
 
 from aiayn.cli import main  # noqa: E402
-from aiayn.config import DecodeConfig, ModelConfig  # noqa: E402
+from aiayn.config import DecodeConfig  # noqa: E402
 from aiayn.decoding.texts import translate_texts  # noqa: E402
 from aiayn.inference import load  # noqa: E402
 from aiayn.interop import export_model  # noqa: E402
 from aiayn.interop.ct2 import ctranslate2_tokens  # noqa: E402
-from aiayn.model import build  # noqa: E402
 from aiayn.tokenizer import train_tokenizer  # noqa: E402
-from aiayn.train import checkpoint as ckpt  # noqa: E402
 
 NEW_TOKENS = 16
 
@@ -32,14 +30,7 @@ def tokenizer():
 
 
 def _write(folder, tokenizer, arch: str, **overrides):
-    config = ModelConfig(arch=arch, vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4,
-                         n_encoder_layers=0 if arch == "lm" else 2, n_decoder_layers=2, d_ff=64, max_len=128,
-                         dropout=0.0, tie_embeddings=False, **overrides)  # fmt: skip
-    model = build(config).eval()
-    randomize(model, 0)  # untied, LayerNorm scales near 1: outputs that vary with the input
-    ckpt.save_checkpoint(folder, model=model, config={"model": config.to_dict()},
-                         tokenizer_json=tokenizer.to_json().encode())  # fmt: skip
-    return folder
+    return aiayn_folder(folder, tokenizer, arch, seed=0, **overrides)
 
 
 VARIANTS = {

@@ -14,17 +14,15 @@ import torch
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-from hf_models import EN, TEXTS, ZH, marian_folder, randomize  # noqa: E402
+from hf_models import EN, TEXTS, ZH, aiayn_folder, marian_folder  # noqa: E402
 
 from aiayn.cli import main  # noqa: E402
-from aiayn.config import DecodeConfig, ModelConfig  # noqa: E402
+from aiayn.config import DecodeConfig  # noqa: E402
 from aiayn.decoding.texts import translate_texts  # noqa: E402
 from aiayn.inference import load  # noqa: E402
 from aiayn.interop import export_model, import_model  # noqa: E402
 from aiayn.interop import onnx as aiayn_onnx  # noqa: E402
-from aiayn.model import build  # noqa: E402
 from aiayn.tokenizer import train_tokenizer  # noqa: E402
-from aiayn.train import checkpoint as ckpt  # noqa: E402
 
 NEW_TOKENS = 12
 
@@ -35,14 +33,7 @@ def tokenizer():
 
 
 def _write(folder, tokenizer, arch: str, **overrides):
-    config = ModelConfig(arch=arch, vocab_size=tokenizer.vocab_size, d_model=32, n_heads=4,
-                         n_encoder_layers=0 if arch == "lm" else 2, n_decoder_layers=2, d_ff=64, max_len=128,
-                         dropout=0.0, tie_embeddings=False, **overrides)  # fmt: skip
-    model = build(config).eval()
-    randomize(model, 1)  # untied, LayerNorm scales near 1: outputs that vary with the input
-    ckpt.save_checkpoint(folder, model=model, config={"model": config.to_dict()},
-                         tokenizer_json=tokenizer.to_json().encode())  # fmt: skip
-    return folder
+    return aiayn_folder(folder, tokenizer, arch, seed=1, **overrides)
 
 
 def _aiayn_greedy(folder, texts, max_len):
@@ -120,3 +111,11 @@ def test_what_onnx_cannot_express_is_one_line(tmp_path, tokenizer, capsys):
     assert main(["export", "--model", str(folder), "--to", "onnx", "--out", str(tmp_path / "onnx")]) == 2
     assert "model.arch='rnn' cannot be exported to onnx" in capsys.readouterr().err
     assert not (tmp_path / "onnx").exists()
+
+
+def test_onnx_runner_on_a_folder_that_is_no_export_is_one_line(tmp_path, tokenizer):
+    from aiayn.errors import ConfigError
+
+    folder = _write(tmp_path / "aiayn", tokenizer, "seq2seq")  # a model folder, not an ONNX export
+    with pytest.raises(ConfigError, match=r"onnx\.json: not an aiayn ONNX export"):
+        aiayn_onnx.greedy(folder, ["a text"])

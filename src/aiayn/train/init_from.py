@@ -29,10 +29,6 @@ class StartingPoint:
     tokenizer: Any | None  # an imported model's tokenizer; None for aiayn's own (then tokenizer.path is set)
     ignored: list[str]  # the run config's model keys that differ from the folder's, which the folder overrides
 
-    def tokenizer_files(self) -> dict[str, bytes] | None:
-        """The files an imported tokenizer is kept in (run folder, checkpoints); None for aiayn's own."""
-        return self.tokenizer.files() if self.tokenizer is not None else None
-
 
 def starting_point(init_from: str, cfg: RunConfig) -> StartingPoint:
     """Read the folder `init_from` (a model folder or a run folder's best) for a fine-tuning run of `cfg`; sets

@@ -22,6 +22,7 @@ CTranslate2's batch-1 decoding there runs 2-7x slower.
     python benchmarks/bench_decode.py --configs small --threads 1,2 --compile   # aiayn's steps compiled (warm-up)
     python benchmarks/bench_decode.py --configs small --engines aiayn --cells greedy_b1 --profile
     AIAYN_BENCH_LAYOUT=training python benchmarks/bench_decode.py ...   # aiayn without `inference_layout`
+    AIAYN_GEMM=mkl python benchmarks/bench_decode.py ...   # aiayn on MKL even where oneDNN measured faster
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def run_aiayn(paths: dict, beam: int, batch: int, profile: bool = False, compile
 
     from aiayn import ModelConfig
     from aiayn.decoding import beam_search, greedy_search
+    from aiayn.inference.onednn import pack_linears
+    from aiayn.machine import gemm_choice
     from aiayn.model import build_model, compile_decoding, inference_layout
     from aiayn.train import checkpoint as ckpt
 
@@ -140,6 +143,8 @@ def run_aiayn(paths: dict, beam: int, batch: int, profile: bool = False, compile
     ckpt.load_weights(model, paths["aiayn"])
     if os.environ.get("AIAYN_BENCH_LAYOUT", "inference") == "inference":
         inference_layout(model)  # what aiayn.load does on the CPU
+        if gemm_choice().path == "onednn":  # and where oneDNN measured faster (AIAYN_GEMM=mkl|onednn forces)
+            pack_linears(model)
     if compile:
         compile_decoding(model)  # what aiayn.load(..., compile=True) does; compiled in the untimed warm-up
     src = torch.tensor(inputs(batch, paths["vocab"]))

@@ -31,6 +31,7 @@ LAYERS = {
     "aiayn.scoring": 3,
     "aiayn.evaluate": 3,
     "aiayn.devices": 3,
+    "aiayn.machine": 3,
     "aiayn.train": 4,
     "aiayn.inference": 4,
     "aiayn.interop": 4,

@@ -140,6 +140,11 @@ def test_unseen_emoji_uses_bytes_not_unk(tok: Tokenizer) -> None:
     assert tok.tokens("🦜") == ["🦜", "<0x9F>", "<0xA6>", "<0x9C>"]
 
 
+def test_control_characters_are_labelled_by_their_byte(tok: Tokenizer) -> None:
+    """No font draws U+0006: a picture's label says <0x06> (a newline keeps its \\n)."""
+    assert tok.labels([4 + 0x06, 4 + ord("a"), 4 + 0x0A, 4 + 0x7F]) == ["<0x06>", "a", "\\n", "<0x7F>"]
+
+
 def test_decode_skips_specials_and_survives_bad_bytes(tok: Tokenizer) -> None:
     ids = tok.encode("a man")
     assert tok.decode([BOS_ID, *ids, EOS_ID, PAD_ID, PAD_ID]) == "a man"

@@ -19,6 +19,7 @@ from aiayn.commands import (
     _export,
     _generate,
     _import,
+    _info,
     _perplexity,
     _plot,
     _serve,
@@ -93,6 +94,18 @@ def _parser_average(sub) -> None:
     p.add_argument("--models", nargs="+", required=True, metavar="DIR", help="checkpoint folders of one run")
     p.add_argument("--out", required=True, metavar="DIR", help="the averaged model folder to write")
     p.set_defaults(func=_average)
+
+
+def _parser_info(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="this machine as aiayn sees it: CPU and its flags, cores, torch build, GEMM path, bf16, precision",
+        description="Print the CPU (model, vendor, AMX / AVX512-BF16), the cores this process may use, the torch "
+        "version and build, the faster path for fp32 linear layers here (measured: MKL or oneDNN), bf16 "
+        "support, any GPUs, and the training precision that train.precision=auto picks.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p.set_defaults(func=_info)
 
 
 def _parser_import(sub) -> None:
@@ -262,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_train(sub)
     _parser_tokenizer(sub)
     _parser_average(sub)
+    _parser_info(sub)
     _parser_import(sub)
     _parser_export(sub)
     _parser_demo(sub)

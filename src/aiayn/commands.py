@@ -34,6 +34,16 @@ def _tokenizer_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from aiayn.machine import format_report, machine_report
+
+    report = machine_report()
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0
+
+
 def _average(args: argparse.Namespace, extra: list[str]) -> int:
     from aiayn.train.average import average_checkpoints
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -304,7 +305,8 @@ class Tokenizer:
 
 
 def _byte_labels(data: bytes) -> list[str]:
-    """One label per byte: a character's glyph on its first byte, "<0xNN>" on the others and on invalid bytes."""
+    """One label per byte: a character's glyph on its first byte, "<0xNN>" on the others, on invalid bytes and on
+    control characters other than a newline (they have no glyph in any font: a picture could not show them)."""
     labels: list[str] = []
     i = 0
     while i < len(data):
@@ -314,7 +316,7 @@ def _byte_labels(data: bytes) -> list[str]:
             char = data[i : i + width].decode("utf-8") if width else ""
         except UnicodeDecodeError:
             char = ""
-        if len(char) == 1:
+        if len(char) == 1 and (char == "\n" or not unicodedata.category(char).startswith("C")):
             glyph = char.replace(" ", "▁").replace("\n", "\\n")
             labels += [glyph] + [BYTE_TOKENS[b] for b in data[i + 1 : i + width]]
             i += width

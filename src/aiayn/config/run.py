@@ -22,8 +22,9 @@ from aiayn.errors import ConfigError
 Task = Literal["", "dates", "copy", "reverse"]
 TokenizerKind = Literal["bpe", "char", "sentencepiece"]
 Schedule = Literal["noam", "inverse_sqrt", "cosine"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 MatmulPrecision = Literal["fp32", "bf16", "tf32"]
+Gemm = Literal["auto", "mkl", "onednn"]
 BestMetric = Literal["loss", "bleu"]
 
 
@@ -167,10 +168,15 @@ class TrainConfig:
     best_metric: BestMetric = "loss"
     eval_bleu_sentences: int = 500  # validation sentences translated (greedy) for BLEU/chrF; 0 = loss only
     seed: int = 1
+    # "auto": the precision this machine trains fastest in (aiayn.machine.recommended_precision), chosen at the
+    # start and written into the run's config.yaml, so that a resume (on any machine) keeps it.
     precision: Precision = "fp32"
     # fp32 matrix multiplications computed with bf16 inputs and fp32 accumulation (CPU: oneDNN on AMX /
     # AVX512-BF16) or TF32 (CUDA); weights, activations and everything else stay fp32. "fp32" = exact.
     matmul_precision: MatmulPrecision = "fp32"
+    # The CPU library for fp32 linear layers: "mkl" (PyTorch's F.linear), "onednn" (aiayn.train.linear_path), or
+    # "auto" (oneDNN on AMD CPUs, MKL elsewhere); the choice is written into config.yaml, and a resume keeps it.
+    gemm: Gemm = "auto"
     compile: bool = False
     device: str = "auto"  # "auto" = cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = torch's default

@@ -22,8 +22,10 @@ from aiayn.config import TaskKind
 from aiayn.inference.base import Attention, Pretrained, Translation, pick_device
 from aiayn.inference.compiled import compile_decoding, inference_layout
 from aiayn.inference.generator import Generator
+from aiayn.inference.onednn import pack_linears
 from aiayn.inference.quantize import check_mode, quantize_int8
 from aiayn.inference.translator import Translator
+from aiayn.machine import gemm_choice
 from aiayn.modelfile import CheckpointError
 
 __all__ = [
@@ -49,17 +51,24 @@ def load(
     compile=True compiles the decoding step (`compile_decoding`): faster decoding after a one-time compilation
     at the first batch. quantize="int8": int8 Linear layers for CPU decoding (aiayn.inference.quantize); the
     implementation used is the result's `quantized` ("torch.ao" or "torchao"; None without quantize).
+    On the CPU without quantize, the linear layers run on the GEMM path measured faster on this machine
+    (aiayn.machine.gemm_choice: "mkl", PyTorch's default, or "onednn", aiayn.inference.onednn); the result's
+    `gemm` says which (None on a GPU or with int8).
     """
     model, tokenizer, config, folder = modelfile.load(path)
     model = model.to(pick_device(device)).eval()
     check_mode(quantize, next(model.parameters()).device, compile)
-    quantized = None
+    quantized, gemm = None, None
     if quantize == "int8":
         quantized = quantize_int8(model)  # its kernels pack the weights their own way: no inference_layout
     elif next(model.parameters()).device.type == "cpu":
         inference_layout(model)  # faster CPU decoding; same values
+        gemm = gemm_choice()
+        if gemm.path == "onednn":  # measured faster here (AMD EPYC, say): oneDNN on packed weights
+            pack_linears(model)
     if compile:
         compile_decoding(model)
     pretrained = wrap(model, tokenizer, config, folder)
     pretrained.quantized = quantized
+    pretrained.gemm = gemm.path if gemm is not None else None
     return pretrained

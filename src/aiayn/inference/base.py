@@ -69,6 +69,7 @@ class Pretrained:
     def __init__(self, model: torch.nn.Module, tokenizer, config: dict[str, Any], folder: Path | None) -> None:
         self.model, self.tokenizer, self.config, self.folder = model, tokenizer, config, folder
         self.quantized: str | None = None  # the int8 implementation aiayn.load(quantize="int8") used
+        self.gemm: str | None = None  # the CPU GEMM path aiayn.load chose: "mkl" or "onednn" (aiayn.machine)
 
     @property
     def is_lm(self) -> bool:

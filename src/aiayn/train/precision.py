@@ -2,7 +2,7 @@
 products, and the kernels the model is handed (aiayn.model.kernels).
 
 - train.precision: "fp32"; "bf16" (autocast to bfloat16: GPUs, and CPUs with AMX / AVX512-BF16); "fp16"
-  (CUDA, with a GradScaler).
+  (CUDA, with a GradScaler); "auto" (resolve_precision: the machine's best, recorded in the run's config.yaml).
 - train.matmul_precision: "fp32" (exact); "bf16" (CPU: fp32 weights and activations, products with bf16 inputs
   and fp32 accumulation, where the CPU has AMX; refused elsewhere); "tf32" (CUDA).
 """
@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+import yaml
 
 from aiayn.errors import ConfigError
+from aiayn.machine import cpu_info, recommended_precision
 from aiayn.model.kernels import Kernels
 
-__all__ = ["autocast", "bf16_matmul_precision_works", "cpu_has_bf16", "kernels_for", "matmul_precision"]
+__all__ = ["autocast", "bf16_matmul_precision_works", "cpu_has_bf16", "kernels_for", "matmul_precision",
+           "recorded", "resolve_precision"]  # fmt: skip
 
 
 def autocast(precision: str, device: torch.device):
@@ -26,6 +30,31 @@ def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def resolve_precision(asked: str, device: torch.device, recorded: str | None) -> tuple[str, str]:
+    """train.precision as the run will use it, and why. "auto" becomes the precision recorded in the run folder
+    being resumed (so a resume on another machine stays exact), else the one this machine does well
+    (aiayn.machine.recommended_precision: bf16 with AMX / AVX512-BF16 or a bf16 GPU, else fp32).
+
+    `recorded` is the train.precision of the checkpoint resumed from (`recorded`), or None. The reason is "" for a
+    precision given as such, else " (auto: ...)", for the log."""
+    if asked != "auto":
+        return asked, ""
+    if recorded in ("fp32", "bf16", "fp16"):
+        return recorded, " (auto: the precision of the run being resumed)"
+    chosen = recommended_precision(device)
+    if device.type == "cpu":
+        return chosen, f" (auto: bf16 hardware on this CPU: {cpu_info().bf16_hardware})"
+    return chosen, f" (auto: {device.type} {'with' if chosen == 'bf16' else 'without'} bf16)"
+
+
+def recorded(checkpoint: Path | None, key: str) -> str | None:
+    """train.<key> in a checkpoint's config.yaml (None without a checkpoint or the key)."""
+    if checkpoint is None:
+        return None
+    saved = yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")) or {}
+    return (saved.get("train") or {}).get(key)
 
 
 def kernels_for(device: torch.device, precision: str, matmul: str) -> Kernels:

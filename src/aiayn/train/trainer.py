@@ -42,9 +42,10 @@ from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed
 from aiayn.train.evaluator import Evaluator, loss_pad_id
 from aiayn.train.init_from import StartingPoint, starting_point
+from aiayn.train.linear_path import resolve_gemm, use_onednn_linears
 from aiayn.train.loss import LossModel
 from aiayn.train.optim import grad_norm, learning_rate, make_optimizer, optimizer_step
-from aiayn.train.precision import autocast, kernels_for, matmul_precision
+from aiayn.train.precision import autocast, kernels_for, matmul_precision, recorded, resolve_precision
 from aiayn.train.process import process_settings
 from aiayn.train.reproducible import micro_seed, rng_state, set_rng_state
 from aiayn.train.resolve_model import resolve_model
@@ -139,6 +140,8 @@ class Trainer:
         resume_from = self.folder.find_resume(self.resume, self.log, d.is_main, lambda: distributed.barrier(d))
         if resume_from is not None:
             self.folder.check_compatible(resume_from, cfg.model.to_dict(), self.data.tokenizer.fingerprint())
+        cfg.train.precision, why = resolve_precision(cfg.train.precision, d.device, recorded(resume_from, "precision"))
+        cfg.train.gemm = resolve_gemm(cfg.train.gemm, d.device, recorded(resume_from, "gemm"))
         self.task = self.data.task
         if self.task is TaskKind.TEXT:
             train, valid = text_streams(self.data.train, self.data.valid, cfg.data.valid_fraction)
@@ -147,12 +150,15 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = build(cfg.model).to(d.device)  # the plain module: saved without wrappers
         use_kernels(self.model, kernels_for(d.device, cfg.train.precision, cfg.train.matmul_precision))
+        if cfg.train.gemm == "onednn":
+            use_onednn_linears(self.model)  # same parameters, state_dict() and checkpoints
         self.batches = train_batches(self.task, train, cfg.train, d.device, cfg.model.special_ids)
         self.evaluator = Evaluator(self.model, self.task, valid, self.data.valid_pairs, self.data.tokenizer,
                                    cfg.train, cfg.optim.label_smoothing, d.device, self._autocast)  # fmt: skip
         self.log(
             f"model: {cfg.model.arch}, {sum(p.numel() for p in self.model.parameters()):,} parameters; "
-            f"device {d.device}, {d.world_size} process(es), precision {cfg.train.precision}"
+            f"device {d.device}, {d.world_size} process(es), precision {cfg.train.precision}{why}, "
+            f"gemm {cfg.train.gemm}"
         )
         self._setup_optimizer()
         self._start_from(resume_from)

@@ -151,6 +151,7 @@ def build_engine(cell: Cell) -> tuple[nn.Module, Callable[[torch.Tensor, torch.T
     if cell.engine == "aiayn":
         from aiayn.config import ModelConfig
         from aiayn.model import Transformer, use_kernels
+        from aiayn.train.linear_path import resolve_gemm, use_onednn_linears
         from aiayn.train.precision import kernels_for
 
         model = Transformer(
@@ -164,8 +165,11 @@ def build_engine(cell: Cell) -> tuple[nn.Module, Callable[[torch.Tensor, torch.T
                 pad_id=PAD,
             )
         )
-        # The kernels aiayn's trainer hands a model training on the CPU at this precision (aiayn.train.precision).
+        # The kernels aiayn's trainer hands a model training on the CPU at this precision (aiayn.train.precision),
+        # and its GEMM path (train.gemm auto: oneDNN on AMD CPUs; AIAYN_BENCH_GEMM=mkl|onednn overrides).
         use_kernels(model, kernels_for(torch.device("cpu"), cell.precision, "fp32"))
+        if resolve_gemm(os.environ.get("AIAYN_BENCH_GEMM", "auto"), torch.device("cpu"), None) == "onednn":
+            use_onednn_linears(model)
         return model, model
     if cell.engine == "torch":
         model = TorchTransformer(c["d_model"], c["n_heads"], c["n_layers"], c["d_ff"])

@@ -83,6 +83,19 @@ def test_a_packed_copy_whose_weight_changed_place_is_not_used():
     assert _packed_for(layer.weight) is None
 
 
+def test_a_packed_copy_goes_when_its_model_goes():
+    import gc
+
+    from aiayn.inference import onednn
+
+    layer = OneDnnLinear(torch.nn.Linear(16, 8))
+    ptr = layer.weight.data_ptr()
+    assert ptr in onednn._PACKED
+    del layer
+    gc.collect()
+    assert ptr not in onednn._PACKED
+
+
 @pytest.mark.parametrize("path", ["mkl", "onednn"])
 def test_load_takes_the_path_chosen_and_says_which(monkeypatch, tmp_path, path):
     monkeypatch.setenv("AIAYN_GEMM", path)

@@ -27,7 +27,8 @@ __all__ = ["OneDnnLinear", "pack_linears"]
 
 # Packed weights by the data pointer of the fp32 weight they were made from: the custom op receives the fp32
 # parameter (a tensor the compiler can trace) and finds its packed copy here. Each entry keeps a weak reference to
-# its parameter: an entry whose parameter is gone, or now points elsewhere, is never used (memory may be reused).
+# its parameter: an entry whose parameter is gone, or now points elsewhere, is never used (memory may be reused),
+# and is removed when the parameter is freed.
 _PACKED: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
 
 
@@ -70,7 +71,9 @@ class OneDnnLinear(nn.Module):
         self.in_features, self.out_features = module.weight.shape[1], module.weight.shape[0]
         with torch.no_grad():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach().contiguous(), 64)
-        _PACKED[self.weight.data_ptr()] = (weakref.ref(self.weight), self.packed)
+        ptr = self.weight.data_ptr()
+        _PACKED[ptr] = (weakref.ref(self.weight), self.packed)
+        weakref.finalize(self.weight, _PACKED.pop, ptr, None)  # the packed copy goes with its parameter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() >= self.MIN_ROWS * self.in_features:  # (..., in): rows = numel / in

@@ -10,6 +10,7 @@ from tiny_run import TINY, final_weights
 
 from aiayn import cli, machine
 from aiayn.config import RunConfig, parse_overrides
+from aiayn.errors import ConfigError
 from aiayn.train import precision
 from aiayn.train.trainer import Trainer
 
@@ -76,6 +77,16 @@ def test_gemm_path_can_be_forced(monkeypatch, fresh_gemm_choice):
     monkeypatch.setenv("AIAYN_GEMM", "mkl")
     monkeypatch.setattr(machine, "_time_paths", lambda: pytest.fail("forced: nothing to measure"))
     assert machine.gemm_choice().path == "mkl"
+
+
+def test_a_bad_aiayn_gemm_is_one_line_naming_it(monkeypatch, fresh_gemm_choice, capsys):
+    monkeypatch.setenv("AIAYN_GEMM", "openblas")
+    with pytest.raises(ConfigError, match="AIAYN_GEMM='openblas': expected mkl or onednn"):
+        machine.gemm_choice()
+    machine.gemm_choice.cache_clear()
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "AIAYN_GEMM" in err[0]
 
 
 def test_aiayn_info_prints_the_machine_and_json_for_scripts(monkeypatch, fresh_gemm_choice, capsys):

@@ -15,6 +15,7 @@ from aiayn import ModelConfig, machine
 from aiayn.config import RunConfig, parse_overrides
 from aiayn.decoding import beam_search, greedy_search
 from aiayn.errors import ConfigError
+from aiayn.inference import onednn
 from aiayn.inference.onednn import OneDnnLinear, _packed_for, pack_linears
 from aiayn.model import LanguageModel, Transformer, compile_decoding
 from aiayn.tokenizer import train_tokenizer
@@ -63,14 +64,24 @@ def test_packed_model_searches_like_the_plain_one_with_the_same_parameters():
     assert _searches(model, src) == before
 
 
-def test_compiled_steps_of_a_packed_model_give_the_eager_tokens():
-    """Batches of at least 16 rows take the compiled step, where oneDNN is reached through the custom op."""
+def test_compiled_steps_of_a_packed_model_give_the_eager_tokens(monkeypatch):
+    """Batches of at least 16 rows take the compiled step, where oneDNN is reached through the custom op; smaller
+    ones stay eager."""
     model = _model()
     src = torch.randint(4, 120, (16, 7))
     pack_linears(model)
     eager = [h.tokens for h in greedy_search(model, src, max_len=10)]
+    few = src[:3]
+    eager_few = [h.tokens for h in greedy_search(model, few, max_len=10)]
     compile_decoding(model)
+    custom_op_calls = []
+    real = onednn._packed_for
+    monkeypatch.setattr(onednn, "_packed_for", lambda w: custom_op_calls.append(1) or real(w))
     assert [h.tokens for h in greedy_search(model, src, max_len=10)] == eager
+    assert custom_op_calls  # the compiled steps reached oneDNN through the custom op
+    custom_op_calls.clear()
+    assert [h.tokens for h in greedy_search(model, few, max_len=10)] == eager_few
+    assert not custom_op_calls  # fewer than 16 rows: eager steps, on the packed weights directly
 
 
 def test_a_packed_copy_whose_weight_changed_place_is_not_used():
@@ -85,8 +96,6 @@ def test_a_packed_copy_whose_weight_changed_place_is_not_used():
 
 def test_a_packed_copy_goes_when_its_model_goes():
     import gc
-
-    from aiayn.inference import onednn
 
     layer = OneDnnLinear(torch.nn.Linear(16, 8))
     ptr = layer.weight.data_ptr()

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CpuInfo", "GemmChoice", "cpu_info", "format_report", "gemm_choice", "machine_report",
-           "onednn_linear_available", "recommended_precision"]  # fmt: skip
+from aiayn.errors import ConfigError
+
+__all__ = ["CpuInfo", "GemmChoice", "cpu_info", "format_report", "gemm_choice", "linear_onednn", "machine_report",
+           "onednn_linear_available", "recommended_precision", "replace_modules"]  # fmt: skip
 
 # The flags that decide which kernels pay, by their /proc/cpuinfo names.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
@@ -79,6 +81,22 @@ def cpu_info() -> CpuInfo:
                    cores)  # fmt: skip
 
 
+def linear_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias) by oneDNN; `weight` plain (out, in) or packed by `_reorder_linear_weight`."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def replace_modules(model: torch.nn.Module, match, make) -> int:
+    """Replace every submodule `m` of `model` with match(m) true by make(m), in place; returns how many."""
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if match(child):
+                setattr(parent, name, make(child))
+                count += 1
+    return count
+
+
 def onednn_linear_available() -> bool:
     """Whether this torch has oneDNN's linear on prepacked weights (`torch.ops.mkldnn._linear_pointwise`, the
     kernel inductor's freezing uses); a PyTorch internal, so asked, not assumed."""
@@ -86,7 +104,7 @@ def onednn_linear_available() -> bool:
         return False
     try:
         w = torch.ops.mkldnn._reorder_linear_weight(torch.ones(4, 8), 2)
-        y = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8), w, None, "none", [], "")
+        y = linear_onednn(torch.ones(2, 8), w, None)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return bool(torch.equal(y, torch.full((2, 4), 8.0)))
@@ -128,7 +146,7 @@ def _time_paths() -> dict[str, float]:
             flops = 2.0 * rows * d_in * d_out
             runs = {
                 "mkl": functools.partial(F.linear, x, w),
-                "onednn": functools.partial(torch.ops.mkldnn._linear_pointwise, x, packed, None, "none", [], ""),
+                "onednn": functools.partial(linear_onednn, x, packed, None),
             }
             for path, run in runs.items():
                 totals[path] += _gflops(run, flops) / len(PROBE_SHAPES)
@@ -140,6 +158,8 @@ def gemm_choice() -> GemmChoice:
     """The faster CPU path for fp32 linear layers on this machine, measured once per process (~0.2 s).
     AIAYN_GEMM=mkl|onednn overrides the measurement (for comparisons and tests)."""
     forced = os.environ.get("AIAYN_GEMM", "").strip().lower()
+    if forced not in ("", "mkl", "onednn"):
+        raise ConfigError(f"AIAYN_GEMM={forced!r}: expected mkl or onednn (or unset: measure)")
     if not onednn_linear_available():
         return GemmChoice("mkl", {}, f"oneDNN's prepacked linear is not in torch {torch.__version__}")
     if forced in ("mkl", "onednn"):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aiayn.machine import linear_onednn, replace_modules
 from aiayn.model import OutputProjection
 
 __all__ = ["OneDnnLinear", "pack_linears"]
@@ -50,7 +51,7 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     packed = _packed_for(weight)
     if packed is None:
         return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return linear_onednn(x, packed, bias)
 
 
 @onednn_linear.register_fake
@@ -79,7 +80,7 @@ class OneDnnLinear(nn.Module):
         if x.numel() >= self.MIN_ROWS * self.in_features:  # (..., in): rows = numel / in
             if torch.compiler.is_compiling():  # an opaque op for the compiler; eagerly, no custom-op dispatch
                 return onednn_linear(x, self.weight, self.bias)  # (~20 us a call)
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            return linear_onednn(x, self.packed, self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -90,12 +91,10 @@ def pack_linears(model: nn.Module) -> int:
     """Replace every nn.Linear and OutputProjection of `model` (fp32, on the CPU) by a OneDnnLinear sharing its
     parameters; returns how many were replaced. Values equal the plain path's up to rounding (another
     summation order: ~1e-6 relative)."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            weight = getattr(child, "weight", None)
-            is_linear = type(child) is nn.Linear or isinstance(child, OutputProjection)
-            if is_linear and isinstance(weight, nn.Parameter) and weight.dtype == torch.float32:
-                setattr(parent, name, OneDnnLinear(child))
-                count += 1
-    return count
+
+    def fp32_linear(m: nn.Module) -> bool:
+        weight = getattr(m, "weight", None)
+        is_linear = type(m) is nn.Linear or isinstance(m, OutputProjection)
+        return is_linear and isinstance(weight, nn.Parameter) and weight.dtype == torch.float32
+
+    return replace_modules(model, fp32_linear, OneDnnLinear)

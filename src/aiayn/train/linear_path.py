@@ -17,13 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aiayn.errors import ConfigError
-from aiayn.machine import cpu_info, onednn_linear_available
+from aiayn.machine import cpu_info, linear_onednn, onednn_linear_available, replace_modules
 
 __all__ = ["OneDnnTrainLinear", "resolve_gemm", "use_onednn_linears"]
-
-
-def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class _OneDnnLinearFunction(torch.autograd.Function):
@@ -35,13 +31,13 @@ class _OneDnnLinearFunction(torch.autograd.Function):
         x = x.contiguous()
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn(x, weight, bias)
+        return linear_onednn(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_x = _onednn(grad, weight.t(), None) if ctx.needs_input_grad[0] else None  # (..., in)
+        grad_x = linear_onednn(grad, weight.t(), None) if ctx.needs_input_grad[0] else None  # (..., in)
         rows = grad.reshape(-1, grad.shape[-1])  # (N, out)
         grad_w = rows.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None  # (out, in)
         grad_b = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None  # (out,)
@@ -69,13 +65,7 @@ class OneDnnTrainLinear(nn.Module):
 
 def use_onednn_linears(model: nn.Module) -> int:
     """Replace every nn.Linear of `model` by a OneDnnTrainLinear sharing its parameters; returns how many."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, OneDnnTrainLinear(child))
-                count += 1
-    return count
+    return replace_modules(model, lambda m: type(m) is nn.Linear, OneDnnTrainLinear)
 
 
 def resolve_gemm(asked: str, device: torch.device, recorded: str | None) -> str:

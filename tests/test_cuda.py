@@ -1,6 +1,6 @@
 """The CUDA paths, on a machine with a GPU (skipped elsewhere): training in fp32 / tf32 / bf16 / fp16 (GradScaler)
-and with torch.compile gives the CPU's losses within each precision's tolerance, and decoding on the GPU gives
-the CPU's tokens."""
+and with torch.compile (and CUDA graphs on length buckets) gives the CPU's losses within each precision's tolerance,
+and decoding on the GPU gives the CPU's tokens."""
 
 import json
 from pathlib import Path
@@ -64,3 +64,14 @@ def test_decoding_on_cuda_gives_the_cpu_tokens():
     for n_gpu, n_cpu in zip(gpu_beam, cpu_beam, strict=True):
         for g, c in zip(n_gpu, n_cpu, strict=True):
             assert g.score == pytest.approx(c.score, rel=1e-4)
+
+
+def test_cuda_graphs_with_length_buckets_give_the_cpu_losses(tmp_path):
+    """train.cuda_graphs (torch.compile mode "reduce-overhead") on the fixed shapes of train.length_bucket: the
+    eager CPU run's losses with the same batches."""
+    buckets = ("--train.length_bucket", "16")
+    cpu = losses(tmp_path / "cpu", "--train.device", "cpu", *buckets)
+    gpu = losses(tmp_path / "gpu", "--train.device", "cuda", *buckets, "--train.compile", "true",
+                 "--train.cuda_graphs", "true")  # fmt: skip
+    assert len(gpu) == len(cpu) == 12
+    torch.testing.assert_close(torch.tensor(gpu), torch.tensor(cpu), rtol=1e-4, atol=0)

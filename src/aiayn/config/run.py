@@ -177,7 +177,14 @@ class TrainConfig:
     # The CPU library for fp32 linear layers: "mkl" (PyTorch's F.linear), "onednn" (aiayn.train.linear_path), or
     # "auto" (oneDNN on AMD CPUs, MKL elsewhere); the choice is written into config.yaml, and a resume keeps it.
     gemm: Gemm = "auto"
+    # Static shapes for pairs: 0 pads each batch to its own longest example; N > 0 pads every batch to a width w that
+    # is a multiple of N (both sides) and to max_tokens // w rows, so a run meets about (longest / N) shapes:
+    # compiled code for fixed shapes (train.compile) and CUDA graphs (train.cuda_graphs) then fit every batch.
+    length_bucket: int = 0
     compile: bool = False
+    # CUDA: replay each step's compiled kernels as CUDA graphs (torch.compile mode "reduce-overhead"), for small
+    # models whose steps are bound by kernel launches; needs train.compile and, for pairs, train.length_bucket.
+    cuda_graphs: bool = False
     device: str = "auto"  # "auto" = cuda when available, else cpu
     threads: int = 0  # torch CPU threads; 0 = torch's default
     max_minutes: float = 0.0  # stop (evaluate, save) after this much wall time; 0 = no limit
@@ -193,7 +200,9 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
         if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
             raise ConfigError(f"TrainConfig.max_minutes={self.max_minutes} must be >= 0 (0 = no limit)")
-        for name in ("patience", "eval_bleu_sentences", "threads", "max_bad_steps"):
+        if self.cuda_graphs and not self.compile:
+            raise ConfigError("TrainConfig.cuda_graphs=true replays compiled code: it needs train.compile=true")
+        for name in ("patience", "eval_bleu_sentences", "threads", "max_bad_steps", "length_bucket"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
         if not self.out_dir:

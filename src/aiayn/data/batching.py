@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def token_batches(
-    src_lengths: np.ndarray, tgt_lengths: np.ndarray | None, max_tokens: int, seed: int, epoch: int
+    src_lengths: np.ndarray, tgt_lengths: np.ndarray | None, max_tokens: int, seed: int, epoch: int,
+    bucket: int = 0,
 ) -> list[np.ndarray]:
     """Batches of example indices (int64 arrays) with at most `max_tokens` padded tokens each.
 
@@ -32,6 +33,10 @@ def token_batches(
     lengths share a batch and little is padding, cut greedily, and the batches are shuffled: all with one
     numpy Generator seeded by (seed, epoch), so the result depends on nothing else (a resumed run gets the same
     batches) and each epoch has another order. Every index appears exactly once.
+
+    bucket > 0 (static shapes, `bucket_shape`): widths are rounded up to a multiple of `bucket` first and sorted on
+    before the lengths, so that a batch holds examples of one rounded width w (or, where two widths meet, is cut
+    for the wider one) and at most max_tokens // w of them.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -41,15 +46,7 @@ def token_batches(
         raise ValueError(f"src_lengths has {n} entries, tgt_lengths {len(tgt_lengths)}")
     rng = np.random.default_rng([int(seed), int(epoch)])
     perm = rng.permutation(n)
-    # Memory is a few arrays of n (about 40 bytes an example at the peak): widths are int32 where they fit.
-    width = _widths(src[perm], 1)
-    if tgt_lengths is None:
-        key = width
-    else:
-        tgt = np.asarray(tgt_lengths)[perm].astype(np.int64)
-        key = tgt * (int(width.max(initial=0)) + 1) + width  # sorts by (tgt length, src length)
-        width = np.maximum(width, _widths(tgt, 2))
-        del tgt
+    width, key = _width_and_key(src[perm], None if tgt_lengths is None else np.asarray(tgt_lengths)[perm], bucket)
     if n and key.min() >= 0 and key.max() < 2**16:
         key = key.astype(np.uint16)  # numpy's stable sort is a radix sort for 16-bit keys: ~10x faster
     order = np.argsort(key, kind="stable")
@@ -77,6 +74,36 @@ def token_batches(
         batches.append(indices[start : start + size])
         start += size
     return [batches[b] for b in rng.permutation(len(batches))]
+
+
+def _width_and_key(src: np.ndarray, tgt: np.ndarray | None, bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's padded width and its sort key: (tgt length, src length), led by the rounded width with
+    buckets. Memory is a few arrays of n (about 40 bytes an example at the peak): widths are int32 where they fit."""
+    width = _widths(src, 1)
+    if tgt is None:
+        key = width
+    else:
+        tgt = tgt.astype(np.int64)
+        key = tgt * (int(width.max(initial=0)) + 1) + width  # sorts by (tgt length, src length)
+        width = np.maximum(width, _widths(tgt, 2))
+        del tgt
+    if bucket > 0:
+        width = -(-width // bucket) * bucket  # rounded up to the bucket: the width the batch is padded to
+        key = width.astype(np.int64) * (int(key.max(initial=0)) + 1) + key  # sorts by (rounded width, lengths)
+    return width, key
+
+
+def bucket_shape(src_lengths: np.ndarray, tgt_lengths: np.ndarray | None, max_tokens: int,
+                 bucket: int) -> tuple[int, int]:  # fmt: skip
+    """(rows, width) that a batch of examples of these lengths is padded to for static shapes: width the
+    batch's padded length (longest source + 1, or target + 2 with BOS and EOS) rounded up to a multiple of `bucket`,
+    rows max_tokens // width (at least the batch's own). Every batch `token_batches(..., bucket)` makes of one
+    rounded width gets the same shape, so a run meets about (longest width / bucket) shapes in all."""
+    width = int(np.max(src_lengths)) + 1
+    if tgt_lengths is not None:
+        width = max(width, int(np.max(tgt_lengths)) + 2)
+    width = -(-width // bucket) * bucket
+    return max(max_tokens // width, len(src_lengths)), width
 
 
 def _widths(lengths: np.ndarray, extra: int) -> np.ndarray:
@@ -133,11 +160,13 @@ def collate(
     indices: Sequence[int] | np.ndarray,
     device: torch.device | str | None = None,
     specials: SpecialIds = AIAYN_IDS,
+    shape: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad the examples `indices` into (src (B, S), tgt (B, T)) int64 tensors, right-padded with specials.pad.
 
     src rows are ids + EOS, tgt rows BOS + ids + EOS; S = longest source + 1, T = longest target + 2. For a
     monolingual corpus both are built from its one side (use tgt[:, :-1] as input and tgt[:, 1:] as labels).
+    shape=(rows, width) (`bucket_shape`) pads both to (rows, width) instead: rows past the examples are all padding.
     """
     import torch
 
@@ -148,11 +177,11 @@ def collate(
         raise IndexError(f"example index out of range for a corpus of {len(corpus):,}")
     idx = np.where(idx < 0, idx + len(corpus), idx)
     pad, bos, eos = specials.pad, specials.bos, specials.eos
-    src = _pad(corpus._src_ids, corpus._src_offsets, idx, before=None, after=eos, pad_id=pad)
+    src = _pad(corpus._src_ids, corpus._src_offsets, idx, before=None, after=eos, pad_id=pad, shape=shape)
     if corpus.paired:
-        tgt = _pad(corpus._tgt_ids, corpus._tgt_offsets, idx, before=bos, after=eos, pad_id=pad)
+        tgt = _pad(corpus._tgt_ids, corpus._tgt_offsets, idx, before=bos, after=eos, pad_id=pad, shape=shape)
     else:
-        tgt = _pad(corpus._src_ids, corpus._src_offsets, idx, before=bos, after=eos, pad_id=pad)
+        tgt = _pad(corpus._src_ids, corpus._src_offsets, idx, before=bos, after=eos, pad_id=pad, shape=shape)
     src_t, tgt_t = torch.from_numpy(src), torch.from_numpy(tgt)
     if device is not None:
         src_t, tgt_t = src_t.to(device, non_blocking=True), tgt_t.to(device, non_blocking=True)
@@ -160,16 +189,21 @@ def collate(
 
 
 def _pad(
-    ids: np.ndarray, offsets: np.ndarray, idx: np.ndarray, before: int | None, after: int, pad_id: int = PAD_ID
+    ids: np.ndarray, offsets: np.ndarray, idx: np.ndarray, before: int | None, after: int, pad_id: int = PAD_ID,
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Rows [before] + ids[offsets[i]:offsets[i + 1]] + [after] for i in idx, right-padded with pad_id (int64)."""
+    """Rows [before] + ids[offsets[i]:offsets[i + 1]] + [after] for i in idx, right-padded with pad_id (int64),
+    to (len(idx), longest row) or to `shape` (rows, width), which must hold them."""
     starts = np.asarray(offsets[idx], dtype=np.int64)
     lengths = np.asarray(offsets[idx + 1], dtype=np.int64) - starts
     lead = 0 if before is None else 1
     rows = np.arange(len(idx))
-    out = np.full((len(idx), int(lengths.max()) + lead + 1), pad_id, dtype=np.int64)
+    own = (len(idx), int(lengths.max()) + lead + 1)
+    if shape is not None and (shape[0] < own[0] or shape[1] < own[1]):
+        raise ValueError(f"collate: a shape of {shape} cannot hold {own[0]} rows of up to {own[1]} tokens")
+    out = np.full(own if shape is None else shape, pad_id, dtype=np.int64)
     if before is not None:
-        out[:, 0] = before
+        out[rows, 0] = before  # rows past the examples (a static shape's) stay all padding
     total = int(lengths.sum())
     row_of = np.repeat(rows, lengths)
     col = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position within each example

@@ -3,7 +3,9 @@
 Training: `train_batches` gives an object whose `batch(k)` is global batch k of the run, as (model inputs,
 target), and `tokens(k)` its target tokens: a pure function of (seed, k), which makes resume and sharding exact.
 - pairs: batches of about `train.max_tokens` padded tokens from length buckets, reshuffled each epoch
-  (aiayn.data.batching); inputs (src, tgt[:, :-1]), target tgt[:, 1:] (teacher forcing).
+  (aiayn.data.batching); inputs (src, tgt[:, :-1]), target tgt[:, 1:] (teacher forcing). With
+  `train.length_bucket` N > 0, every batch is padded to (max_tokens // w rows, w tokens) for w a multiple of N:
+  a handful of shapes in a run, for compiled code with fixed shapes and CUDA graphs.
 - text: `train.batch_size` random windows of `train.block_size + 1` tokens (aiayn.data.prepare.lm_blocks).
 
 Scoring (validation loss, `score`, `perplexity`): `pair_score_batches` and `text_windows` cover every example or
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from aiayn.config import SpecialIds, TaskKind, TrainConfig
-from aiayn.data.batching import AIAYN_IDS, TokenRows, collate, token_batches
+from aiayn.data.batching import AIAYN_IDS, TokenRows, bucket_shape, collate, token_batches
 from aiayn.data.corpus import TokenCorpus, token_stream
 from aiayn.data.prepare import lm_blocks
 
@@ -31,22 +33,32 @@ Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (model inputs, target i
 class PairBatches:
     """Global batch k of a parallel corpus: epoch k // n_per_epoch, batch k % n_per_epoch of that epoch."""
 
-    def __init__(self, corpus: TokenCorpus, max_tokens: int, seed: int, device: torch.device, specials=AIAYN_IDS):
+    def __init__(self, corpus: TokenCorpus, max_tokens: int, seed: int, device: torch.device, specials=AIAYN_IDS,
+                 bucket: int = 0) -> None:  # fmt: skip
         self.corpus, self.max_tokens, self.seed, self.device, self.specials = corpus, max_tokens, seed, device, specials
+        self.bucket = bucket  # > 0: static shapes (train.length_bucket)
         self._epoch: tuple[int, list[np.ndarray]] = (-1, [])
         self.n_per_epoch = len(self._batches(0))
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         if self._epoch[0] != epoch:
             c = self.corpus
-            self._epoch = (epoch, token_batches(c.src_lengths, c.tgt_lengths, self.max_tokens, self.seed, epoch))
+            batches = token_batches(c.src_lengths, c.tgt_lengths, self.max_tokens, self.seed, epoch, self.bucket)
+            self._epoch = (epoch, batches)
         return self._epoch[1]
 
     def indices(self, k: int) -> np.ndarray:
         return self._batches(k // self.n_per_epoch)[k % self.n_per_epoch]
 
+    def shape(self, k: int) -> tuple[int, int] | None:
+        """The (rows, width) batch k is padded to, with static shapes; None without."""
+        if not self.bucket:
+            return None
+        indices, c = self.indices(k), self.corpus
+        return bucket_shape(c.src_lengths[indices], c.tgt_lengths[indices], self.max_tokens, self.bucket)
+
     def batch(self, k: int) -> Batch:
-        src, tgt = collate(self.corpus, self.indices(k), self.device, self.specials)  # (B, S), (B, T + 2)
+        src, tgt = collate(self.corpus, self.indices(k), self.device, self.specials, self.shape(k))  # (B, S), (B, T+2)
         return (src, tgt[:, :-1]), tgt[:, 1:]  # teacher forcing: predict token t + 1 from tokens <= t
 
     def tokens(self, k: int) -> int:
@@ -94,7 +106,7 @@ def train_batches(
     """The training batches of a task: a parallel corpus (pairs) or a token stream (text)."""
     if task is TaskKind.TEXT:
         return TextBatches(train, config.block_size, config.batch_size, config.seed, device)
-    return PairBatches(train, config.max_tokens, config.seed, device, specials)
+    return PairBatches(train, config.max_tokens, config.seed, device, specials, config.length_bucket)
 
 
 def pair_score_batches(

@@ -40,6 +40,7 @@ from aiayn.modelfile import load_weights
 from aiayn.tokenizer_pretrained import FILES as PRETRAINED_FILES
 from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed
+from aiayn.train.compile_step import check_static_shapes, compile_hidden
 from aiayn.train.evaluator import Evaluator, loss_pad_id
 from aiayn.train.init_from import StartingPoint, starting_point
 from aiayn.train.linear_path import resolve_gemm, use_onednn_linears
@@ -143,6 +144,7 @@ class Trainer:
         cfg.train.precision, why = resolve_precision(cfg.train.precision, d.device, recorded(resume_from, "precision"))
         cfg.train.gemm = resolve_gemm(cfg.train.gemm, d.device, recorded(resume_from, "gemm"))
         self.task = self.data.task
+        check_static_shapes(cfg.train, self.task, d.device)
         if self.task is TaskKind.TEXT:
             train, valid = text_streams(self.data.train, self.data.valid, cfg.data.valid_fraction)
         else:
@@ -203,14 +205,8 @@ class Trainer:
         """The model and its loss (LossModel), compiled when asked, wrapped in DDP for several processes."""
         cfg = self.config
         hidden = self.model.hidden
-        if cfg.train.compile:
-            # Pair batches change both lengths at every step: compiled for static shapes, each new (S, T) pair
-            # would recompile (on an H100 the first 300 Multi30k steps ran at 3-58k tokens/s against 135k eager).
-            # Text batches are all (batch_size, block_size): static shapes, the fastest kernels.
-            # On the CPU, inductor's C++ wrapper calls the generated kernels without the per-operation Python of
-            # its default wrapper: a Shakespeare step took 17.2 ms with the Python wrapper, 15.6 with this one.
-            options = {"cpp_wrapper": True} if self.dist.device.type == "cpu" else None
-            hidden = torch.compile(hidden, dynamic=self.task is TaskKind.PAIRS, options=options)
+        if cfg.train.compile:  # aiayn.train.compile_step: for which shapes, in which mode
+            hidden = compile_hidden(hidden, cfg.train, self.task, self.dist.device, self.data.train)
         pad = loss_pad_id(self.task, self.model)
         forward_model: torch.nn.Module = LossModel(self.model, hidden, cfg.optim.label_smoothing, pad)
         if self.dist.active:
@@ -283,6 +279,8 @@ class Trainer:
             sync = m == train.grad_accum - 1 or not d.active
             with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self._autocast():
                 torch.manual_seed(micro_seed(train.seed, k))
+                if train.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # this batch's graph replay may reuse the last's memory
                 loss, nll = self.forward_model(*inputs, target=target)
                 # DDP averages gradients over processes; scaling by W makes the result sum / all tokens.
                 scaled = loss * (d.world_size / max(total_tokens, 1))

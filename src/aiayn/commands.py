@@ -179,7 +179,8 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     seconds = time.perf_counter() - start
     if args.output:
         _write_output(args.output, hyps)
-    scores = translation_scores(hyps, refs)
+    moses_lang = args.moses_lang or ""
+    scores = translation_scores(hyps, refs, moses_lang)
     scores.update(
         {"sentences": len(sources), "beam": decode.beam_size, "alpha": decode.alpha, "seconds": round(seconds, 2),
          "model": str(model.folder)}
@@ -190,6 +191,8 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"BLEU {scores['bleu']:.2f}  ({scores['bleu_signature']})")
         print(f"chrF {scores['chrf']:.2f}  ({scores['chrf_signature']})")
         print(f"BLEU lowercased {scores['bleu_lc']:.2f}  ({scores['bleu_lc_signature']})")
+        if moses_lang:
+            print(f"BLEU tokenized lowercased {scores['bleu_tok_lc']:.2f}  ({scores['bleu_tok_lc_signature']})")
         print(f"{len(sources):,} sentences, beam {decode.beam_size}, alpha {decode.alpha}, {seconds:.1f} s")
     return 0
 

@@ -23,6 +23,7 @@ LAYERS = {
     "aiayn.tokenizer_pretrained": 2,
     "aiayn.tokenizer_spm_train": 2,
     "aiayn.tokenizer_train": 2,
+    "aiayn.tokenizer_moses": 2,
     "aiayn.model": 2,
     "aiayn.data": 3,
     "aiayn.decoding": 3,

@@ -190,7 +190,8 @@ def _parser_evaluate(sub) -> None:
     p.add_argument("--output", default=None, metavar="FILE", help="also write the translations here")
     p.add_argument("--moses-lang", default=None, metavar="LANG",
                    help="also tokenized lowercased BLEU as fairseq scores it: hypotheses and references "
-                        "Moses-tokenized by the rules of LANG (the target language: de for en-de)")  # fmt: skip
+                        "Moses-tokenized by the rules of LANG (the target language: de for en-de); default: "
+                        "the model's data.moses target, if it was trained on Moses-tokenized text")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 

@@ -179,7 +179,7 @@ def _evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     seconds = time.perf_counter() - start
     if args.output:
         _write_output(args.output, hyps)
-    moses_lang = args.moses_lang or ""
+    moses_lang = args.moses_lang if args.moses_lang is not None else getattr(model.tokenizer, "moses_target", "")
     scores = translation_scores(hyps, refs, moses_lang)
     scores.update(
         {"sentences": len(sources), "beam": decode.beam_size, "alpha": decode.alpha, "seconds": round(seconds, 2),

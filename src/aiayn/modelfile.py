@@ -30,6 +30,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from aiayn.config import ModelConfig
+from aiayn.errors import ConfigError
 from aiayn.files import fault, fsync_dir, temp_beside, write_file
 from aiayn.model import build
 from aiayn.modelfile_checks import (
@@ -41,6 +42,7 @@ from aiayn.modelfile_checks import (
     stored_shapes,
 )
 from aiayn.tokenizer import Tokenizer
+from aiayn.tokenizer_moses import preprocessed
 from aiayn.tokenizer_pretrained import FILES as PRETRAINED_FILES
 from aiayn.tokenizer_pretrained import load_pretrained
 
@@ -298,7 +300,16 @@ def load(path: str | Path) -> tuple[torch.nn.Module, Tokenizer, dict[str, Any], 
     manifest = verify(folder)
     config, model_config = read_config(folder)
     check_header(folder / "model.safetensors", planned_model(folder, model_config))
-    tokenizer = read_tokenizer(folder, model_config, tokenizer_kind(manifest))
+    tokenizer = _preprocessed(folder, read_tokenizer(folder, model_config, tokenizer_kind(manifest)), config)
     model = build(model_config)
     load_weights(model, folder)
     return model.eval(), tokenizer, config, folder
+
+
+def _preprocessed(folder: Path, tokenizer, config: dict[str, Any]):
+    """The tokenizer seeing text as the model was trained on it: data.moses / data.lowercase of its config."""
+    data = config.get("data") or {}
+    try:
+        return preprocessed(tokenizer, data.get("moses") or "", bool(data.get("lowercase")))
+    except ConfigError as e:
+        raise CheckpointError(f"{folder / 'config.yaml'}: {e}") from None

@@ -28,6 +28,14 @@ Gemm = Literal["auto", "mkl", "onednn"]
 BestMetric = Literal["loss", "bleu"]
 
 
+def moses_langs(value: str, key: str = "data.moses") -> tuple[str, str]:
+    """'en-de' -> ('en', 'de'): the source and target languages whose Moses rules apply (DataConfig.moses)."""
+    parts = value.split("-")
+    if len(parts) != 2 or not all(p.isascii() and p.isalpha() and p.islower() for p in parts):
+        raise ConfigError(f"{key}={value!r}: expected SRC-TGT language codes, e.g. en-de (empty: no Moses)")
+    return parts[0], parts[1]
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the text is. Parallel: train_src + train_tgt (line-aligned) or train_tsv (source<TAB>target[...]).
@@ -50,9 +58,18 @@ class DataConfig:
     max_example_tokens: int = 256
     max_ratio: float = 0.0  # skip a pair whose longer side has more than max_ratio x the shorter's tokens; 0 = off
     valid_fraction: float = 0.0  # language model without valid_text: hold out this final part of train_text
+    # Preprocessing of older Multi30k / fairseq setups (translation pairs; aiayn.tokenizer_moses): "SRC-TGT" (e.g.
+    # "en-de") Moses-tokenizes sources and targets by their languages' rules (sacremoses), and lowercase lowercases
+    # both; the model folder records them, so translation preprocesses its input alike and detokenizes its output.
+    moses: str = ""
+    lowercase: bool = False
 
     def __post_init__(self) -> None:
         check_types(self)
+        if (self.moses or self.lowercase) and (self.train_text or self.valid_text):
+            raise ConfigError("data.moses and data.lowercase apply to translation pairs, not to data.train_text")
+        if self.moses:
+            moses_langs(self.moses)
         if self.max_example_tokens < 3:
             raise ConfigError(
                 f"DataConfig.max_example_tokens={self.max_example_tokens} must be >= 3 (BOS, one token, EOS)"

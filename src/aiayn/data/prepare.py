@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from aiayn.config import DataConfig, TaskKind, TokenizerConfig
+from aiayn.config.run import moses_langs
 from aiayn.data.corpus import TokenCorpus, cache_key
 from aiayn.data.reader import DataError, clean, read_lines, read_parallel, read_tsv
 from aiayn.data.tasks import task_pairs
 from aiayn.errors import ConfigError
 from aiayn.files import write_atomic
 from aiayn.tokenizer import Tokenizer, normalize
+from aiayn.tokenizer_moses import PreprocessedText, preprocessed
 from aiayn.tokenizer_train import text_totals, train_tokenizer
 
 VALID_SEED_OFFSET = 7919  # validation examples of a built-in task come from another seed than training's
@@ -87,22 +89,28 @@ def has_split(data: DataConfig, split: str) -> bool:
 
 def _raw_texts(data: DataConfig, split: str, seed: int) -> Iterator[str]:
     """The texts of one split as the files hold them (the tokenizer's training text), read by the data reader:
-    both sides of a pair, each line of plain text. Reading them all validates every file of the split."""
-    if data.task:
-        for s, t in _task(data, seed, split):
-            yield s
-            yield t
-        return
+    both sides of a pair, each line of plain text, preprocessed as data.moses / data.lowercase say. Reading them
+    all validates every file of the split."""
     get = lambda key: getattr(data, f"{split}_{key}")  # noqa: E731
-    if get("src"):
+    if data.task:
+        lines: Iterable[tuple[int, str, str]] = ((0, s, t) for s, t in _task(data, seed, split))
+    elif get("src"):
         lines = read_parallel(get("src"), get("tgt"))
     elif get("tsv"):
         lines = read_tsv(get("tsv"))
     else:
         lines = ((line, text, "") for line, text in read_lines(get("text"))) if get("text") else iter(())
+    pre = _preprocessing(data)
     for _, s, t in lines:
-        yield s
-        yield t
+        yield s if pre is None else pre.source(s)
+        yield t if pre is None or not t else pre.target(t)
+
+
+def _preprocessing(data: DataConfig) -> PreprocessedText | None:
+    """data.moses / data.lowercase as source and target text functions (None when neither is set)."""
+    if not data.moses and not data.lowercase:
+        return None
+    return PreprocessedText(None, moses_langs(data.moses) if data.moses else None, data.lowercase)
 
 
 def tokenizer_source(cfg: TokenizerConfig, data: DataConfig, seed: int) -> dict[str, Any]:
@@ -119,6 +127,8 @@ def tokenizer_source(cfg: TokenizerConfig, data: DataConfig, seed: int) -> dict[
     settings = {
         k: getattr(cfg, k) for k in ("kind", "vocab_size", "min_frequency", "max_word_chars", "max_train_chars")
     }
+    if data.moses or data.lowercase:  # only then: the records of earlier runs stay valid
+        settings.update({"data.moses": data.moses, "data.lowercase": data.lowercase})
     return {"files": files, "task": task, "tokenizer": settings}
 
 
@@ -132,7 +142,7 @@ def _read_source(path: Path) -> dict[str, Any] | None:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    what = [f"tokenizer.{k}: {old['tokenizer'].get(k)!r} then, {v!r} now"
+    what = [f"{k if '.' in k else 'tokenizer.' + k}: {old['tokenizer'].get(k)!r} then, {v!r} now"
             for k, v in new["tokenizer"].items() if old["tokenizer"].get(k) != v]  # fmt: skip
     if old.get("files") != new["files"] or old.get("task") != new["task"]:
         what.insert(0, "the training data (files, sizes or modification times, or the task)")
@@ -272,6 +282,7 @@ def prepare(
             next(iter(read_lines(path)), None)
     if tokenizer is None:
         tokenizer = get_tokenizer(tok, data, seed, run_dir / "tokenizer.json", log)
+    tokenizer = preprocessed(tokenizer, data.moses, data.lowercase)  # itself, unless data.moses / data.lowercase
     cache = run_dir / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     task = data.task_kind

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiayn.errors import ConfigError
 from aiayn.tokenizer import Tokenizer
+from aiayn.tokenizer_moses import PreprocessedText
 
 TARGETS = ("hf", "ctranslate2", "onnx")
 _AIAYN_SPECIALS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
@@ -35,6 +36,12 @@ def export_model(model_dir: str | Path, to: str, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not empty; choose a new folder for the export")
     model, tokenizer, _, folder = modelfile.load(model_dir)
+    if isinstance(tokenizer, PreprocessedText):  # the formats' tokenizers have no Moses step: say so, not drop it
+        raise ConfigError(
+            f"{folder}: trained on {'Moses-tokenized ' if tokenizer.langs else ''}"
+            f"{'lowercased ' if tokenizer.lowercase else ''}text (data.moses / data.lowercase), which the {to} "
+            f"tokenizer would not do: not exported"
+        )
     if to == "onnx":
         from aiayn.interop.onnx_export import export_onnx
 

@@ -90,5 +90,6 @@ class Evaluator:
         }
         if self.valid_pairs:
             sources = [s for s, _ in self.valid_pairs]
-            entry.update(translation_scores(self.translate(sources), [r for _, r in self.valid_pairs]))
+            refs, moses = [r for _, r in self.valid_pairs], getattr(self.tokenizer, "moses_target", "")
+            entry.update(translation_scores(self.translate(sources), refs, moses))  # + bleu_tok_lc with data.moses
         return entry

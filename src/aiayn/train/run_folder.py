@@ -24,6 +24,7 @@ from aiayn.errors import DataError, UserError
 from aiayn.files import disk_full, write_atomic
 from aiayn.modelfile import tokenizer_kind
 from aiayn.tokenizer import Tokenizer
+from aiayn.tokenizer_moses import preprocessed
 from aiayn.tokenizer_pretrained import FILES as PRETRAINED_FILES
 from aiayn.tokenizer_pretrained import load_pretrained
 from aiayn.train import checkpoint as ckpt
@@ -148,8 +149,16 @@ class RunFolder:
         problems = config_differences(saved.get("model", {}), model)
         kind = tokenizer_kind(ckpt.verify(path))
         kept = load_pretrained(path, kind) if kind in PRETRAINED_FILES else Tokenizer.load(path / "tokenizer.json")
-        old = kept.fingerprint()
+        data = saved.get("data") or {}
+        old = preprocessed(kept, data.get("moses", ""), data.get("lowercase", False)).fingerprint()
         if old != tokenizer_fingerprint:
-            problems.append(f"tokenizer: fingerprint {old[:12]} in the checkpoint, {tokenizer_fingerprint[:12]} now")
+            now = _short(tokenizer_fingerprint)
+            problems.append(f"tokenizer: fingerprint {_short(old)} in the checkpoint, {now} now")
         if problems:
             raise ResumeError(f"cannot resume from {path}: the run differs: " + "; ".join(problems))
+
+
+def _short(fingerprint: str) -> str:
+    """A tokenizer fingerprint for a message: the hash's first 12 characters, and data.moses / data.lowercase."""
+    head, plus, rest = fingerprint.partition("+")
+    return head[:12] + plus + rest

@@ -91,7 +91,10 @@ def _parser_tokenizer(sub) -> None:
 
 def _parser_average(sub) -> None:
     p = sub.add_parser("average", help="average the weights of checkpoints (the paper averages the last 5)")
-    p.add_argument("--models", nargs="+", required=True, metavar="DIR", help="checkpoint folders of one run")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--models", nargs="+", metavar="DIR", help="checkpoint folders of one run")
+    which.add_argument("--run", metavar="DIR", help="a run folder: average its last --last checkpoints (by step)")
+    p.add_argument("--last", type=int, default=5, metavar="N", help="with --run: how many (default 5)")
     p.add_argument("--out", required=True, metavar="DIR", help="the averaged model folder to write")
     p.set_defaults(func=_average)
 

@@ -45,10 +45,14 @@ def _info(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _average(args: argparse.Namespace, extra: list[str]) -> int:
-    from aiayn.train.average import average_checkpoints
+    import os
 
-    out = average_checkpoints(args.models, args.out)
-    print(f"averaged {len(args.models)} checkpoints into {out}")
+    from aiayn.train.average import average_checkpoints, last_checkpoints
+
+    models = args.models or last_checkpoints(args.run, args.last)
+    out = average_checkpoints(models, args.out)
+    which = f" ({', '.join(os.path.basename(m) for m in models)})" if args.run else ""
+    print(f"averaged {len(models)} checkpoints{which} into {out}")
     return 0
 
 

@@ -181,6 +181,9 @@ class TrainConfig:
     eval_every: int = 1000
     log_every: int = 100
     keep_last: int = 5  # checkpoints kept besides the best (the paper averages the last 5)
+    # Also a checkpoint at the end of every epoch (pairs), as fairseq saves: with save_every past max_steps and
+    # keep_last N, the last N epochs' checkpoints stay for `aiayn average --run DIR --last N`.
+    save_every_epoch: bool = False
     patience: int = 0  # stop after this many evaluations without a better best_metric; 0 = never
     best_metric: BestMetric = "loss"
     eval_bleu_sentences: int = 500  # validation sentences translated (greedy) for BLEU/chrF; 0 = loss only

@@ -26,6 +26,7 @@ from aiayn.config import SpecialIds, TaskKind, TrainConfig
 from aiayn.data.batching import AIAYN_IDS, TokenRows, bucket_shape, collate, token_batches
 from aiayn.data.corpus import TokenCorpus, token_stream
 from aiayn.data.prepare import lm_blocks
+from aiayn.errors import ConfigError
 
 Batch = tuple[tuple[torch.Tensor, ...], torch.Tensor]  # (model inputs, target ids)
 
@@ -60,6 +61,11 @@ class PairBatches:
     def batch(self, k: int) -> Batch:
         src, tgt = collate(self.corpus, self.indices(k), self.device, self.specials, self.shape(k))  # (B, S), (B, T+2)
         return (src, tgt[:, :-1]), tgt[:, 1:]  # teacher forcing: predict token t + 1 from tokens <= t
+
+    def ended_epoch(self, batches_done: int, per_step: int) -> bool:
+        """Whether the step that brought the run to `batches_done` global batches (per_step of them) finished an
+        epoch: a pass over every training example (train.save_every_epoch)."""
+        return batches_done // self.n_per_epoch > (batches_done - per_step) // self.n_per_epoch
 
     def tokens(self, k: int) -> int:
         indices = self.indices(k)
@@ -105,6 +111,9 @@ def train_batches(
 ) -> PairBatches | TextBatches:
     """The training batches of a task: a parallel corpus (pairs) or a token stream (text)."""
     if task is TaskKind.TEXT:
+        if config.save_every_epoch:
+            raise ConfigError("train.save_every_epoch applies to translation pairs: a language model's batches are "
+                              "random windows of the text, with no epochs (use train.save_every)")  # fmt: skip
         return TextBatches(train, config.block_size, config.batch_size, config.seed, device)
     return PairBatches(train, config.max_tokens, config.seed, device, specials, config.length_bucket)
 

@@ -14,6 +14,17 @@ from aiayn.modelfile import TOKENIZER_FILES, tokenizer_kind
 from aiayn.train import checkpoint as ckpt
 
 
+def last_checkpoints(run: str | Path, n: int) -> list[str]:
+    """The last `n` checkpoint folders (by step) of the run folder `run`: what `aiayn average --run --last` averages
+    (the last epochs' with train.save_every_epoch)."""
+    found = ckpt.list_checkpoints(Path(run) / "checkpoints")
+    if n < 1:
+        raise ModelFolderError(f"--last {n}: expected at least 1 checkpoint")
+    if len(found) < n:
+        raise ModelFolderError(f"--run {run}: {len(found)} checkpoint(s) under checkpoints/, fewer than --last {n}")
+    return [str(path) for _, path in found[-n:]]
+
+
 def average_checkpoints(folders: list[str], out: str) -> Path:
     """Average the weights of model folders that share one config and tokenizer; write a model folder."""
     if not folders:

@@ -234,7 +234,7 @@ class Trainer:
                                disable=not (self.dist.is_main and sys.stderr.isatty()))  # fmt: skip
         clock = Clock(self.state.seconds)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        exit_code = 0
+        exit_code, per_step = 0, self.dist.world_size * train.grad_accum
         try:
             while self.state.step < train.max_steps:
                 step = self.state.step + 1
@@ -249,7 +249,8 @@ class Trainer:
                 if self.evaluator.has_valid and (step % train.eval_every == 0 or last):
                     stop_early, improved = self._evaluate(step)
                 interrupted = self._agree(self.stop_signal is not None)
-                if step % train.save_every == 0 or last or stop_early or interrupted or improved:
+                epoch_end = train.save_every_epoch and self.batches.ended_epoch(self.state.batches_done, per_step)
+                if step % train.save_every == 0 or last or stop_early or interrupted or improved or epoch_end:
                     self._save(step)
                 fault(f"after_step:{step}")
                 exit_code = self._stop(step, interrupted, time_up, stop_early)

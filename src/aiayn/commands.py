@@ -239,6 +239,8 @@ def _plot(args: argparse.Namespace, extra: list[str]) -> int:
 
         config = RunConfig.from_dict(merge(load_yaml(args.config), parse_overrides(extra)))
         total = args.steps or config.train.max_steps
+        if total < 1 and not args.steps and config.train.max_steps == 0:
+            raise UserError("train.max_steps is 0: a run sets it from its step time; give --train.max_steps N to plot")
         if total < 1:
             raise UserError(f"--steps {total}: expected a number >= 1")
         steps = list(range(1, total + 1))

@@ -172,7 +172,7 @@ class TrainConfig:
     """The loop: how long, how big a batch, when to log, evaluate and save, and where."""
 
     out_dir: str = "runs/run"
-    max_steps: int = 100_000
+    max_steps: int = 100_000  # 0: set from a measured step time to fill train.max_minutes (aiayn.train.budget)
     max_tokens: int = 4096  # tokens (padding included) per batch per process (seq2seq)
     batch_size: int = 32  # sequences per batch (language models)
     block_size: int = 256  # tokens per sequence (language models)
@@ -214,7 +214,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        for name in ("max_steps", "max_tokens", "batch_size", "block_size", "grad_accum", "save_every",
+        for name in ("max_tokens", "batch_size", "block_size", "grad_accum", "save_every",
                      "eval_every", "log_every", "keep_last"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
@@ -222,7 +222,7 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.max_minutes={self.max_minutes} must be >= 0 (0 = no limit)")
         if self.cuda_graphs and not self.compile:
             raise ConfigError("TrainConfig.cuda_graphs=true replays compiled code: it needs train.compile=true")
-        for name in ("patience", "eval_bleu_sentences", "threads", "max_bad_steps", "length_bucket"):
+        for name in ("max_steps", "patience", "eval_bleu_sentences", "threads", "max_bad_steps", "length_bucket"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)} must be >= 0")
         if not self.out_dir:
@@ -231,6 +231,9 @@ class TrainConfig:
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "tokenizer": TokenizerConfig, "optim": OptimConfig,
             "train": TrainConfig}  # fmt: skip
+
+
+AUTO_STEPS_MIN_WARMUP = 100  # train.max_steps 0 plans by step 90 at the latest (aiayn.train.budget)
 
 
 @dataclass(kw_only=True)
@@ -242,6 +245,17 @@ class RunConfig:
     tokenizer: TokenizerConfig
     optim: OptimConfig
     train: TrainConfig
+
+    def __post_init__(self) -> None:
+        train, optim = self.train, self.optim
+        if train.max_steps == 0 and not train.max_minutes:
+            raise ConfigError("train.max_steps=0 sets the steps from train.max_minutes: give train.max_minutes too")
+        if train.max_steps == 0 and optim.schedule == "cosine" and optim.warmup < AUTO_STEPS_MIN_WARMUP:
+            raise ConfigError(
+                f"train.max_steps=0 with optim.schedule cosine needs optim.warmup >= {AUTO_STEPS_MIN_WARMUP} (it is "
+                f"{optim.warmup}): the steps are set after the first ones, and no earlier learning rate may depend on "
+                f"them"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

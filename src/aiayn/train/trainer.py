@@ -40,6 +40,7 @@ from aiayn.modelfile import load_weights
 from aiayn.tokenizer_pretrained import FILES as PRETRAINED_FILES
 from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed
+from aiayn.train.budget import StepPlan
 from aiayn.train.compile_step import check_static_shapes, compile_hidden
 from aiayn.train.evaluator import Evaluator, loss_pad_id
 from aiayn.train.init_from import StartingPoint, starting_point
@@ -143,6 +144,8 @@ class Trainer:
             self.folder.check_compatible(resume_from, cfg.model.to_dict(), self.data.tokenizer.fingerprint())
         cfg.train.precision, why = resolve_precision(cfg.train.precision, d.device, recorded(resume_from, "precision"))
         cfg.train.gemm = resolve_gemm(cfg.train.gemm, d.device, recorded(resume_from, "gemm"))
+        cfg.train.max_steps = cfg.train.max_steps or int(recorded(resume_from, "max_steps") or 0)  # 0: set in the loop
+        self.plan = StepPlan(cfg.train)  # train.max_steps 0: from the step time and train.max_minutes (budget.py)
         self.task = self.data.task
         check_static_shapes(cfg.train, self.task, d.device)
         if self.task is TaskKind.TEXT:
@@ -157,19 +160,16 @@ class Trainer:
         self.batches = train_batches(self.task, train, cfg.train, d.device, cfg.model.special_ids)
         self.evaluator = Evaluator(self.model, self.task, valid, self.data.valid_pairs, self.data.tokenizer,
                                    cfg.train, cfg.optim.label_smoothing, d.device, self._autocast)  # fmt: skip
-        self.log(
-            f"model: {cfg.model.arch}, {sum(p.numel() for p in self.model.parameters()):,} parameters; "
-            f"device {d.device}, {d.world_size} process(es), precision {cfg.train.precision}{why}, "
-            f"gemm {cfg.train.gemm}"
-        )
+        self.log(f"model: {cfg.model.arch}, {sum(p.numel() for p in self.model.parameters()):,} parameters; "
+                 f"device {d.device}, {d.world_size} process(es), precision {cfg.train.precision}{why}, "
+                 f"gemm {cfg.train.gemm}")  # fmt: skip
         self._setup_optimizer()
         self._start_from(resume_from)
         self.forward_model = self._forward_model()
 
     def _setup_optimizer(self) -> None:
-        cfg = self.config
-        self.optimizer = make_optimizer(self.model, cfg.optim)
-        use_scaler = cfg.train.precision == "fp16"
+        self.optimizer = make_optimizer(self.model, self.config.optim)
+        use_scaler = self.config.train.precision == "fp16"
         if use_scaler and self.dist.device.type != "cuda":
             raise ConfigError("train.precision='fp16' needs a CUDA device; on CPU use 'bf16' or 'fp32'")
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -236,18 +236,19 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         exit_code, per_step = 0, self.dist.world_size * train.grad_accum
         try:
-            while self.state.step < train.max_steps:
+            while self.state.step < (train.max_steps or sys.maxsize):
                 step = self.state.step + 1
                 lr = self._step(step, params)
                 self.state.seconds = clock.seconds()
+                if self.plan.after_step(step, self.state.seconds, self.dist, self.config, self.log, self.folder):
+                    bar.total = train.max_steps  # set now: train.max_steps was 0
                 time_up = self._agree(0 < train.max_minutes * 60 <= self.state.seconds)  # all stop at one step
                 last = step == train.max_steps or time_up
                 bar.update(1)
                 if step % train.log_every == 0 or last:
                     self._log_interval(step, lr, clock)
-                stop_early = improved = False
-                if self.evaluator.has_valid and (step % train.eval_every == 0 or last):
-                    stop_early, improved = self._evaluate(step)
+                evaluate = self.evaluator.has_valid and (step % train.eval_every == 0 or last)
+                stop_early, improved = self._evaluate(step) if evaluate else (False, False)
                 interrupted = self._agree(self.stop_signal is not None)
                 epoch_end = train.save_every_epoch and self.batches.ended_epoch(self.state.batches_done, per_step)
                 if step % train.save_every == 0 or last or stop_early or interrupted or improved or epoch_end:

@@ -61,3 +61,28 @@ def test_a_run_plans_its_steps_records_them_and_a_resume_keeps_them(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "train.max_steps:" not in resumed.stdout  # kept from the checkpoint, not measured again
     assert yaml.safe_load((out / "last" / "config.yaml").read_text())["train"]["max_steps"] == planned
+
+
+def test_the_plan_is_made_again_when_steps_turn_slower():
+    """Steps 11-50 at 0.5 s, then 1 s each: the first plan (117 steps for a minute) would run out of time at step
+    ~85; planning again at a quarter, half, ... of the plan, from the mean step time so far, ends the schedule
+    inside the budget."""
+    config, folder, lines = _config(max_steps=0, max_minutes=1.0), Folder(), []
+    plan, clock = StepPlan(config.train), 0.0
+    changed = []
+    for step in range(1, 200):
+        clock += 0.5 if step <= 50 else 1.0
+        if plan.after_step(step, clock, distributed.Dist(), config, lines.append, folder):
+            changed.append((step, config.train.max_steps))
+        if 0 < config.train.max_steps <= step:
+            break
+    # at 50: 35 s left at 0.5 s -> 117; at 58 (half of 117, 0.25 x 117 = 29 was before the plan): mean
+    # (33 - 5) / 48 = 0.583 s, 27 s left -> 58 + int(0.97 * 27 / 0.583) = 102; at 76 (0.75 x 102): mean 46 / 66,
+    # 9 s left -> 88; at 79 (0.9 x 88): mean 49 / 69, 6 s left -> 87
+    assert changed == [(50, 117), (58, 102), (76, 88), (79, 87)]
+    assert folder.written == [117, 102, 88, 87]
+    assert lines[1] == ("train.max_steps: 102 (planned again at step 58: steps 11-58 took 0.583 s each; "
+                        "0.5 of train.max_minutes 1 left)")  # fmt: skip
+    # the schedule ends at step 87 (62 s); train.max_minutes stops the run at step 85, 98 % of the way, where the
+    # first plan alone would have stopped at 85 of 117 steps (73 %)
+    assert step == 87 and clock == 62.0

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from aiayn.config.run import RunConfig, load_yaml, merge, parse_overrides
 from aiayn.data.batching import AIAYN_IDS, TokenRows, collate, token_batches
 from aiayn.evaluate import translation_scores
+from aiayn.machine import recommended_precision
 from aiayn.tokenizer import Tokenizer
 from aiayn.train.optim import learning_rate
 
@@ -48,6 +49,11 @@ def read_pairs(src_path: str, tgt_path: str, tok: Tokenizer, longest: int) -> To
         i for i in range(len(src)) if src[i] and tgt[i] and len(src[i]) + 1 <= longest and len(tgt[i]) + 2 <= longest
     ]
     return TokenRows([src[i] for i in keep], [tgt[i] for i in keep])
+
+
+def precision(cfg: RunConfig) -> str:
+    """The config's train.precision, "auto" resolved as aiayn resolves it on this CPU."""
+    return recommended_precision("cpu") if cfg.train.precision == "auto" else cfg.train.precision
 
 
 def build_marian(cfg: RunConfig, vocab: int) -> torch.nn.Module:
@@ -85,7 +91,7 @@ def train(model, cfg: RunConfig, pairs: TokenRows, minutes: float, log) -> dict:
     optimizer = torch.optim.Adam(
         model.parameters(), lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps
     )
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16" else nullcontext()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision(cfg) == "bf16" else nullcontext()
     src_lengths, tgt_lengths = pairs.src_lengths, pairs.tgt_lengths
     max_steps, step, epoch, start, timing, loss_sum, tokens = 0, 0, 0, time.perf_counter(), None, 0.0, 0
     model.train()
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     pairs = read_pairs(cfg.data.train_src, cfg.data.train_tgt, tok, cfg.data.max_example_tokens)
     model = build_marian(cfg, tok.vocab_size)
     params = sum(p.numel() for p in model.parameters())
-    print(f"Marian: {params:,} parameters; {len(pairs):,} training pairs; precision {cfg.train.precision}", flush=True)
+    print(f"Marian: {params:,} parameters; {len(pairs):,} training pairs; precision {precision(cfg)}", flush=True)
     result = {
         "engine": "hf-marian",
         "parameters": params,

@@ -15,7 +15,7 @@ DATA=${DATA:-../shared/data/multi30k}
 BASE=(--config configs/multi30k-tiny.yaml --train.max_minutes "$MINUTES" --train.max_steps 0
       --optim.warmup 300 --train.precision bf16 --train.eval_every 1000000 --train.save_every 100
       --train.keep_last 10 --train.log_every 100)
-NAMES=(base fp32 lr6e-3 d192 tokens8192 dropout0.2 inverse_sqrt vocab6000 smoothing0.2 attn_dropout0.1)
+NAMES=(base fp32 lr6e-3 d192 tokens8192 dropout0.2 dropout0.1 inverse_sqrt vocab6000 smoothing0.2 attn_dropout0.1)
 declare -A RUNS=(
   [base]=""
   [fp32]="--train.precision fp32"
@@ -23,6 +23,7 @@ declare -A RUNS=(
   [d192]="--model.d_model 192 --model.d_ff 384"
   [tokens8192]="--train.max_tokens 8192"
   [dropout0.2]="--model.dropout 0.2"
+  [dropout0.1]="--model.dropout 0.1"
   [inverse_sqrt]="--optim.schedule inverse_sqrt --optim.lr 0.005"
   [vocab6000]="--tokenizer.vocab_size 6000"
   [smoothing0.2]="--optim.label_smoothing 0.2"

@@ -1,8 +1,8 @@
 """Hugging Face Marian trained beside aiayn on equal terms: the same data, tokenizer, batches and time budget.
 
 Reads an aiayn config (the model's shape, dropout, data files, optim and train settings) and the tokenizer an aiayn
-run of that config trained, builds `transformers.MarianMTModel` of the same shape from scratch (post-LN, sinusoidal
-positions, ReLU FFN, embeddings scaled by sqrt(d_model) and shared by encoder, decoder and output, as in aiayn),
+run of that config trained, builds aiayn's model of that config and converts it with `aiayn.interop.to_marian` into
+`transformers.MarianMTModel` (the same shape and the same initial weights),
 and trains it with aiayn's token-budget batches (`aiayn.data.batching`), Adam(0.9, 0.98, 1e-9), aiayn's learning
 rate function and label-smoothed cross-entropy, in the config's precision, for `--minutes` of training: the steps
 are planned from the measured time of steps 11-50, as `train.max_steps 0` plans aiayn's, so the schedule ends with
@@ -56,34 +56,13 @@ def precision(cfg: RunConfig) -> str:
     return recommended_precision("cpu") if cfg.train.precision == "auto" else cfg.train.precision
 
 
-def build_marian(cfg: RunConfig, vocab: int) -> torch.nn.Module:
-    from transformers import MarianConfig, MarianMTModel
+def build_marian(cfg: RunConfig) -> torch.nn.Module:
+    """aiayn's model of this config, initialised as aiayn initialises it, converted by aiayn.interop.to_marian:
+    both engines start from the same weights and the same shape (cfg.model, its vocab_size set)."""
+    from aiayn.interop.hf import to_marian
+    from aiayn.model import Transformer
 
-    m = cfg.model
-    config = MarianConfig(
-        vocab_size=vocab,
-        d_model=m.d_model,
-        encoder_layers=m.n_encoder_layers,
-        decoder_layers=m.n_decoder_layers,
-        encoder_attention_heads=m.n_heads,
-        decoder_attention_heads=m.n_heads,
-        encoder_ffn_dim=m.d_ff,
-        decoder_ffn_dim=m.d_ff,
-        max_position_embeddings=m.max_len,
-        activation_function="relu",
-        dropout=m.dropout,
-        attention_dropout=m.attention_dropout,
-        activation_dropout=0.0,
-        scale_embedding=True,
-        tie_word_embeddings=True,
-        share_encoder_decoder_embeddings=True,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        decoder_start_token_id=BOS,
-        forced_eos_token_id=None,
-        use_cache=False,
-    )
-    return MarianMTModel._from_config(config, attn_implementation="sdpa")
+    return to_marian(Transformer(cfg.model))
 
 
 def train(model, cfg: RunConfig, pairs: TokenRows, minutes: float, log) -> dict:
@@ -171,12 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--json", help="also write the results here")
     args, extra = p.parse_known_args(argv)  # the rest: config overrides, --section.key value, as aiayn train takes
-    cfg = RunConfig.from_dict(merge(load_yaml(args.config), parse_overrides(extra)))
     tok = Tokenizer.load(args.tokenizer)
+    cfg = RunConfig.from_dict(merge(load_yaml(args.config), parse_overrides(extra)), vocab_size=tok.vocab_size)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     pairs = read_pairs(cfg.data.train_src, cfg.data.train_tgt, tok, cfg.data.max_example_tokens)
-    model = build_marian(cfg, tok.vocab_size)
+    model = build_marian(cfg)
     params = sum(p.numel() for p in model.parameters())
     print(f"Marian: {params:,} parameters; {len(pairs):,} training pairs; precision {precision(cfg)}", flush=True)
     result = {

@@ -1,7 +1,7 @@
 """Hugging Face Marian trained beside aiayn on equal terms: the same data, tokenizer, batches and time budget.
 
 Reads an aiayn config (the model's shape, dropout, data files, optim and train settings) and the tokenizer an aiayn
-run of that config trained, builds aiayn's model of that config and converts it with `aiayn.interop.to_marian` into
+run of that config trained, builds aiayn's model of that config and converts it with `aiayn.interop.hf.to_marian` into
 `transformers.MarianMTModel` (the same shape and the same initial weights),
 and trains it with aiayn's token-budget batches (`aiayn.data.batching`), Adam(0.9, 0.98, 1e-9), aiayn's learning
 rate function and label-smoothed cross-entropy, in the config's precision, for `--minutes` of training: the steps

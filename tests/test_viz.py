@@ -151,3 +151,17 @@ def test_positions_schedule_and_curves_commands(tmp_path, capsys):
     assert f"error: {run / 'metrics.jsonl'}:2: not a JSON object" in capsys.readouterr().err
     assert main(["plot", "curves", "--run", str(tmp_path), "--out", str(out)]) == 2
     assert "no metrics.jsonl in it" in capsys.readouterr().err
+
+
+def test_curves_show_tokenized_lowercased_bleu_when_the_run_scored_it(tmp_path):
+    # A lowercased run's cased BLEU is low by construction: the panel must also show the metric it is judged by.
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 10, "loss": 5.0, "lr": 1e-3}]
+    rows.append({"step": 10, "split": "valid", "loss": 4.5, "bleu": 8.1, "bleu_tok_lc": 38.2, "chrf": 49.5})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    svg = viz.plot_curves(run, tmp_path / "c.svg").read_text(encoding="utf-8")
+    assert "tok lc BLEU" in svg and "chrF" in svg
+    (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "bleu_tok_lc"}) + "\n"
+                                               for r in rows))  # fmt: skip
+    assert "tok lc BLEU" not in viz.plot_curves(run, tmp_path / "d.svg").read_text(encoding="utf-8")

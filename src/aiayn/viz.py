@@ -317,13 +317,7 @@ def plot_curves(run_dir: str | Path, out: str | Path) -> Path:
     loss_ax.set(xlabel="step", ylabel="loss (nats per token)", title="loss")
     loss_ax.legend(fontsize=8)
     if has_bleu:
-        ax = axes[0][1]
-        points = [e for e in valid if "bleu" in e]
-        ax.plot([e["step"] for e in points], [e["bleu"] for e in points], "o-", label="BLEU")
-        if any("chrf" in e for e in points):
-            ax.plot([e["step"] for e in points], [e.get("chrf", float("nan")) for e in points], "s--", label="chrF")
-        ax.set(xlabel="step", ylabel="score", title="validation")
-        ax.legend(fontsize=8)
+        _plot_scores(axes[0][1], [e for e in valid if "bleu" in e])
     rated = [e for e in train if "lr" in e]
     lr_ax.plot([e["step"] for e in rated], [e["lr"] for e in rated])
     lr_ax.set(xlabel="step", ylabel="learning rate", title="learning rate")
@@ -331,6 +325,21 @@ def plot_curves(run_dir: str | Path, out: str | Path) -> Path:
     fig.suptitle(str(run_dir))
     fig.tight_layout()
     return _save(fig, path)
+
+
+# The scores a validation entry may hold, as the panel names them. A run on lowercased, Moses-tokenized text
+# (data.lowercase, data.moses) writes lowercase: its cased BLEU is low by construction, and tok lc BLEU is its metric.
+_SCORES = (("bleu", "BLEU", "o-"), ("bleu_tok_lc", "tok lc BLEU", "^-"), ("chrf", "chrF", "s--"))
+
+
+def _plot_scores(ax, points: list[dict]) -> None:
+    """Validation BLEU, tokenized lowercased BLEU and chrF over the steps, each when the entries have it."""
+    steps = [e["step"] for e in points]
+    for key, label, style in _SCORES:
+        if any(key in e for e in points):
+            ax.plot(steps, [e.get(key, float("nan")) for e in points], style, label=label)
+    ax.set(xlabel="step", ylabel="score", title="validation")
+    ax.legend(fontsize=8)
 
 
 _CURVES = ("plot_accuracy_by_length", "plot_gradient_norms", "plot_bars")

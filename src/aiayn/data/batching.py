@@ -166,7 +166,8 @@ def collate(
 
     src rows are ids + EOS, tgt rows BOS + ids + EOS; S = longest source + 1, T = longest target + 2. For a
     monolingual corpus both are built from its one side (use tgt[:, :-1] as input and tgt[:, 1:] as labels).
-    shape=(rows, width) (`bucket_shape`) pads both to (rows, width) instead: rows past the examples are all padding.
+    shape=(rows, width) (`bucket_shape`) pads both to (rows, width) instead: rows past the examples hold one token
+    (src EOS, tgt BOS, so their labels are all padding) and padding.
     """
     import torch
 
@@ -203,7 +204,12 @@ def _pad(
         raise ValueError(f"collate: a shape of {shape} cannot hold {own[0]} rows of up to {own[1]} tokens")
     out = np.full(own if shape is None else shape, pad_id, dtype=np.int64)
     if before is not None:
-        out[rows, 0] = before  # rows past the examples (a static shape's) stay all padding
+        out[rows, 0] = before
+    # Rows past the examples (a static shape's fillers) hold one token: the first of a row (BOS of a target, EOS of
+    # a source), whose label is padding, so they add no loss or gradient, but every attention query sees a key.
+    # A query with every key masked gets a logsumexp near -inf, and cuDNN's SDPA backward on H100/H200 (the
+    # default from torch 2.11) returns NaN gradients for it at key lengths of 64 mod 128 (pytorch/pytorch#196678).
+    out[len(idx) :, 0] = after if before is None else before
     total = int(lengths.sum())
     row_of = np.repeat(rows, lengths)
     col = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position within each example

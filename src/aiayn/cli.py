@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from aiayn.commands import (
     _average,
+    _checkpoint_consolidate,
     _demo,
     _evaluate,
     _explain,
@@ -87,6 +88,15 @@ def _parser_tokenizer(sub) -> None:
     t.add_argument("--kind", choices=["bpe", "char"], default="bpe")
     t.add_argument("--min-frequency", type=int, default=2, help="a merge must occur this often (default 2)")
     t.set_defaults(func=_tokenizer_train)
+
+
+def _parser_checkpoint(sub) -> None:
+    p = sub.add_parser("checkpoint", help="checkpoint tools")
+    tools = p.add_subparsers(dest="tool", required=True)
+    c = tools.add_parser("consolidate", help="an FSDP checkpoint's sharded state as an ordinary model folder")
+    c.add_argument("checkpoint", metavar="DIR", help="a checkpoint folder (run/checkpoints/step-N, run/last, ...)")
+    c.add_argument("--out", required=True, metavar="DIR", help="the model folder to write")
+    c.set_defaults(func=_checkpoint_consolidate)
 
 
 def _parser_average(sub) -> None:
@@ -282,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     _parser_train(sub)
     _parser_tokenizer(sub)
     _parser_average(sub)
+    _parser_checkpoint(sub)
     _parser_info(sub)
     _parser_import(sub)
     _parser_export(sub)

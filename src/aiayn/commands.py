@@ -44,6 +44,13 @@ def _info(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _checkpoint_consolidate(args: argparse.Namespace, extra: list[str]) -> int:
+    from aiayn.train.consolidate import consolidate
+
+    print(f"consolidated {args.checkpoint} into {consolidate(args.checkpoint, args.out)}")
+    return 0
+
+
 def _average(args: argparse.Namespace, extra: list[str]) -> int:
     import os
 

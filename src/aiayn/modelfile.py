@@ -36,6 +36,7 @@ from aiayn.model import build
 from aiayn.modelfile_checks import (
     CheckpointError,
     check_finite,
+    check_manifest_dirs,
     check_manifest_files,
     check_tokenizer_ids,
     planned_model,
@@ -89,8 +90,10 @@ def save_folder(
     step: int = 0,
     tokenizer_files: dict[str, bytes] | None = None,
     tokenizer_kind: str = "bpe",
+    extra_dirs: dict[str, Path] | None = None,
 ) -> Path:
-    """Write a model folder atomically (plus `extra` files, e.g. a trainer state); returns its path. An existing
+    """Write a model folder atomically (plus `extra` files, e.g. a trainer state, and `extra_dirs`, folders of plain
+    files written elsewhere, e.g. by other processes, moved in under their names); returns its path. An existing
     folder of that name is replaced. `step` names the checkpoint for the fault-injection hook (`@N`).
     The tokenizer is aiayn's own `tokenizer_json`, or an imported one's `tokenizer_files` of `tokenizer_kind`."""
     tokenizer = _tokenizer_files(tokenizer_json, tokenizer_files, tokenizer_kind)
@@ -102,6 +105,7 @@ def save_folder(
     tmp = temp_beside(folder)
     tmp.mkdir()
     try:
+        dirs = {name: _move_into(src, tmp / name) for name, src in (extra_dirs or {}).items()}
         tensors, aliases = state_dict_for_saving(model)
         files: list[tuple[str, Callable[[], bytes]]] = [
             ("model.safetensors", lambda: save_safetensors(tensors, metadata={"aliases": json.dumps(aliases)})),
@@ -109,7 +113,7 @@ def save_folder(
             *((name, lambda data=data: data) for name, data in tokenizer.items()),
             *(extra or {}).items(),
         ]
-        manifest: dict[str, Any] = {"format": FORMAT, "step": step, "files": {}}
+        manifest: dict[str, Any] = {"format": FORMAT, "step": step, "files": {}, **({"dirs": dirs} if dirs else {})}
         if tokenizer_kind not in ("bpe", "char"):
             manifest["tokenizer"] = tokenizer_kind
         for i, (name, make) in enumerate(files):
@@ -130,8 +134,16 @@ def save_folder(
         fsync_dir(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for src in (extra_dirs or {}).values():
+            shutil.rmtree(src, ignore_errors=True)
         raise
     return folder
+
+
+def _move_into(src: Path, dest: Path) -> dict[str, dict[str, Any]]:
+    """Move folder `src` to `dest`; its files' manifest entries (plain names: bytes, sha256)."""
+    os.replace(src, dest)
+    return {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(dest.iterdir())}
 
 
 def _tokenizer_files(json_bytes: bytes | None, files: dict[str, bytes] | None, kind: str) -> dict[str, bytes]:
@@ -159,6 +171,9 @@ def verify(folder: str | Path, need: tuple[str, ...] = ()) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: corrupt {MANIFEST} ({e})") from None
     files = check_manifest_files(folder, manifest)
+    entries = dict(files)
+    for name, dir_files in check_manifest_dirs(folder, manifest).items():
+        entries.update({f"{name}/{file}": entry for file, entry in dir_files.items()})
     kind = tokenizer_kind(manifest)
     if kind not in TOKENIZER_FILES:
         known = ", ".join(TOKENIZER_FILES)
@@ -166,7 +181,7 @@ def verify(folder: str | Path, need: tuple[str, ...] = ()) -> dict[str, Any]:
     for name in ("config.yaml", *TOKENIZER_FILES[kind], "model.safetensors", *need):
         if name not in files:
             raise CheckpointError(f"{folder}: incomplete model folder ({name} is not in its manifest)")
-    for name, entry in files.items():
+    for name, entry in entries.items():
         path = folder / name
         if not path.is_file():
             raise CheckpointError(f"{folder}: incomplete model folder ({name} is missing)")

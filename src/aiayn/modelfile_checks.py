@@ -59,6 +59,19 @@ def check_manifest_files(folder: Path, manifest: Any) -> dict[str, dict[str, Any
     return files
 
 
+def check_manifest_dirs(folder: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """manifest["dirs"] (absent: none), checked: folders inside the folder (plain names), each a mapping of its
+    files (plain names) to entries, as `files` is (a sharded checkpoint's `sharded/`)."""
+    dirs = manifest.get("dirs", {})
+    if not isinstance(dirs, dict):
+        raise CheckpointError(f"{folder}: corrupt manifest.json (dirs must be a mapping of folder names to files)")
+    for name, files in dirs.items():
+        if not _plain_name(name):
+            raise CheckpointError(f"{folder}: corrupt manifest.json (dirs: {name!r} is not a plain folder name)")
+        check_manifest_files(folder / name, {"files": files})
+    return dirs
+
+
 def _plain_name(name: Any) -> bool:
     return (
         isinstance(name, str)

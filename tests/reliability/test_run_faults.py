@@ -38,16 +38,15 @@ def test_a_diverged_run_skips_its_updates_stops_with_exit_3_and_saves_only_finit
 def test_non_finite_weights_are_never_saved(tmp_path):
     from aiayn.train import distributed
     from aiayn.train.run_folder import RunFolder
-    from aiayn.train.trainer import Trainer
+    from aiayn.train.saving import Saver
+    from aiayn.train.state import TrainState
 
-    trainer = Trainer.__new__(Trainer)  # only what _save reads
     lines = []
-    trainer.dist, trainer.folder, trainer.log = distributed.Dist(), RunFolder(tmp_path / "run"), lines.append
-    trainer.model = build(ModelConfig(vocab_size=12, d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1,
-                                      d_ff=32))  # fmt: skip
+    model = build(ModelConfig(vocab_size=12, d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=32))
     with torch.no_grad():
-        next(trainer.model.parameters())[0, 0] = float("nan")
-    trainer._save(3)
+        next(model.parameters())[0, 0] = float("nan")
+    saver = Saver(RunFolder(tmp_path / "run"), model, None, None, distributed.Dist(), False, lines.append)
+    saver.save(3, TrainState(), 5, config={}, tokenizer_json=b"{}")  # the trainer's _save
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "last").exists()
     assert lines == ["not saving step 3: the weights are not finite (the last checkpoint, if any, is kept)"]
 

@@ -26,6 +26,7 @@ Precision = Literal["fp32", "bf16", "fp16", "auto"]
 MatmulPrecision = Literal["fp32", "bf16", "tf32"]
 Gemm = Literal["auto", "mkl", "onednn"]
 BestMetric = Literal["loss", "bleu"]
+Parallel = Literal["ddp", "fsdp"]
 
 
 def moses_langs(value: str, key: str = "data.moses") -> tuple[str, str]:
@@ -206,6 +207,10 @@ class TrainConfig:
     # models whose steps are bound by kernel launches; needs train.compile and, for pairs, train.length_bucket.
     cuda_graphs: bool = False
     device: str = "auto"  # "auto" = cuda when available, else cpu
+    # Several processes (torchrun): "ddp" keeps a whole copy of the model, its gradients and Adam's state on every
+    # process; "fsdp" (FSDP2) shards all three over the processes, one unit per layer (aiayn.train.parallel).
+    parallel: Parallel = "ddp"
+    activation_checkpointing: bool = False  # recompute each layer's activations in the backward: less memory
     threads: int = 0  # torch CPU threads; 0 = torch's default
     max_minutes: float = 0.0  # stop (evaluate, save) after this much wall time; 0 = no limit
     # Steps whose loss or gradient norm is not finite skip their update (counted in the log); more than this many in

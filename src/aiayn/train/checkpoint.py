@@ -49,14 +49,17 @@ def save_checkpoint(
     step: int = 0,
     tokenizer_files: dict[str, bytes] | None = None,
     tokenizer_kind: str = "bpe",
+    extra_dirs: dict[str, Path] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically: a model folder, plus trainer_state.pt when a state is given. A full
+    """Write a checkpoint folder atomically: a model folder, plus trainer_state.pt when a state is given (and
+    `extra_dirs`, e.g. an FSDP run's sharded state, moved in). A full
     disk is one line naming the folder and the space the checkpoint needs; nothing of the write is left behind.
     The tokenizer: aiayn's own `tokenizer_json`, or an imported one's `tokenizer_files` of `tokenizer_kind`."""
     extra = {STATE_FILE: lambda: _torch_bytes(trainer_state)} if trainer_state is not None else None
     try:
         return save_folder(folder, model=model, config=config, tokenizer_json=tokenizer_json, extra=extra, step=step,
-                           tokenizer_files=tokenizer_files, tokenizer_kind=tokenizer_kind)  # fmt: skip
+                           tokenizer_files=tokenizer_files, tokenizer_kind=tokenizer_kind,
+                           extra_dirs=extra_dirs)  # fmt: skip
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise

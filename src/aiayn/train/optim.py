@@ -62,6 +62,11 @@ def grad_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
 
 
+def norm_value(norm: torch.Tensor) -> float:
+    """A norm from `grad_norm` as a float; with FSDP it is a DTensor, its value then the same on every process."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
 def optimizer_step(optimizer, scaler, lr: float, params: list[torch.nn.Parameter], clip_norm: float,
                    norm: torch.Tensor | None = None) -> None:  # fmt: skip
     """Set the learning rate, unscale (fp16), clip the global gradient norm (when clip_norm > 0; `norm`: that norm,

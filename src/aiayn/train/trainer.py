@@ -19,7 +19,6 @@ Shapes: B batch, S source length, T target length, V vocab.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import signal
@@ -38,7 +37,6 @@ from aiayn.files import fault, write_atomic
 from aiayn.model import build, use_kernels
 from aiayn.modelfile import load_weights
 from aiayn.tokenizer_pretrained import FILES as PRETRAINED_FILES
-from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed
 from aiayn.train.budget import StepPlan
 from aiayn.train.compile_step import check_static_shapes, compile_hidden
@@ -46,12 +44,14 @@ from aiayn.train.evaluator import Evaluator, loss_pad_id
 from aiayn.train.init_from import StartingPoint, starting_point
 from aiayn.train.linear_path import resolve_gemm, use_onednn_linears
 from aiayn.train.loss import LossModel
-from aiayn.train.optim import grad_norm, learning_rate, make_optimizer, optimizer_step
+from aiayn.train.optim import grad_norm, learning_rate, make_optimizer, norm_value, optimizer_step
+from aiayn.train.parallel import Parallel, eval_model, recompute_layers, state_line, wrap
 from aiayn.train.precision import autocast, kernels_for, matmul_precision, recorded, resolve_precision
 from aiayn.train.process import process_settings
-from aiayn.train.reproducible import micro_seed, rng_state, set_rng_state
+from aiayn.train.reproducible import micro_seed
 from aiayn.train.resolve_model import resolve_model
 from aiayn.train.run_folder import ResumeError, RunFolder, config_differences
+from aiayn.train.saving import Saver
 from aiayn.train.state import Clock, TrainState
 
 __all__ = ["EXIT_SIGNAL", "LossModel", "ResumeError", "Trainer", "config_differences", "micro_seed", "resolved"]
@@ -84,6 +84,7 @@ class Trainer:
         self._print = log or functools.partial(print, flush=True)  # a log file sees each line as it happens
         self._bar = None  # the progress bar while the loop runs: messages go through it so they don't tear it
         self.dist = distributed.Dist()
+        self._state_logged = False
 
     @property
     def run_dir(self) -> Path:
@@ -157,15 +158,23 @@ class Trainer:
         use_kernels(self.model, kernels_for(d.device, cfg.train.precision, cfg.train.matmul_precision))
         if cfg.train.gemm == "onednn":
             use_onednn_linears(self.model)  # same parameters, state_dict() and checkpoints
+        if cfg.train.activation_checkpointing:
+            recompute_layers(self.model)
         self.batches = train_batches(self.task, train, cfg.train, d.device, cfg.model.special_ids)
-        self.evaluator = Evaluator(self.model, self.task, valid, self.data.valid_pairs, self.data.tokenizer,
+        self.eval_model = eval_model(self.model, cfg, d)  # FSDP: rank 0's plain copy (aiayn.train.parallel)
+        self.evaluator = Evaluator(self.eval_model, self.task, valid, self.data.valid_pairs, self.data.tokenizer,
                                    cfg.train, cfg.optim.label_smoothing, d.device, self._autocast)  # fmt: skip
         self.log(f"model: {cfg.model.arch}, {sum(p.numel() for p in self.model.parameters()):,} parameters; "
                  f"device {d.device}, {d.world_size} process(es), precision {cfg.train.precision}{why}, "
                  f"gemm {cfg.train.gemm}")  # fmt: skip
+        if resume_from is None and self.start is not None:  # fine-tuning: the weights, before any sharding
+            load_weights(self.model, self.start.folder)
+        self.parallel = self._parallel()
+        self.forward_model = self.parallel.module
         self._setup_optimizer()
+        self.saver = Saver(self.folder, self.model, self.optimizer, self.scaler, d, self.parallel.kind == "fsdp",
+                           self.log)  # fmt: skip
         self._start_from(resume_from)
-        self.forward_model = self._forward_model()
 
     def _setup_optimizer(self) -> None:
         self.optimizer = make_optimizer(self.model, self.config.optim)
@@ -180,7 +189,6 @@ class Trainer:
             self._load(resume_from)
         else:
             if self.start is not None:
-                load_weights(self.model, self.start.folder)
                 self.log(f"weights from {self.start.folder}; new optimizer and schedule")
                 if self.start.ignored:
                     self.log("its architecture, not the config's: " + ", ".join(self.start.ignored))
@@ -201,23 +209,18 @@ class Trainer:
             self.tokenizer_save = {"tokenizer_json": (self.run_dir / "tokenizer.json").read_bytes()
                                    if self.dist.is_main else b""}  # fmt: skip
 
-    def _forward_model(self) -> torch.nn.Module:
-        """The model and its loss (LossModel), compiled when asked, wrapped in DDP for several processes."""
+    def _parallel(self) -> Parallel:
+        """The model and its loss (LossModel), compiled when asked, in DDP or sharded by FSDP for several processes
+        (aiayn.train.parallel)."""
         cfg = self.config
         hidden = self.model.hidden
         if cfg.train.compile:  # aiayn.train.compile_step: for which shapes, in which mode
             hidden = compile_hidden(hidden, cfg.train, self.task, self.dist.device, self.data.train)
         pad = loss_pad_id(self.task, self.model)
-        forward_model: torch.nn.Module = LossModel(self.model, hidden, cfg.optim.label_smoothing, pad)
-        if self.dist.active:
-            from torch.nn.parallel import DistributedDataParallel
-
-            forward_model = DistributedDataParallel(forward_model)
-        return forward_model
+        return wrap(LossModel(self.model, hidden, cfg.optim.label_smoothing, pad), cfg.train, self.dist)
 
     def _load(self, path: Path) -> None:
-        load_weights(self.model, path)
-        self.state = TrainState.from_dict(ckpt.restore_trainer_state(path, self.optimizer, self.scaler, set_rng_state))
+        self.state = self.saver.load(path)
         self.log(f"resumed from {path} at step {self.state.step}")
         if self.dist.is_main:  # the log reads as one uninterrupted run: drop entries written after this checkpoint
             self.folder.truncate_metrics(self.state.step, self.log)
@@ -278,14 +281,13 @@ class Trainer:
         for m in range(train.grad_accum):
             k = first + m * d.world_size + d.rank
             inputs, target = self.batches.batch(k)
-            sync = m == train.grad_accum - 1 or not d.active
-            with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self._autocast():
+            with self.parallel.sync(m == train.grad_accum - 1), self._autocast():
                 torch.manual_seed(micro_seed(train.seed, k))
                 if train.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()  # this batch's graph replay may reuse the last's memory
                 loss, nll = self.forward_model(*inputs, target=target)
-                # DDP averages gradients over processes; scaling by W makes the result sum / all tokens.
-                scaled = loss * (d.world_size / max(total_tokens, 1))
+                # Gradients summed over processes, divided by all the step's tokens (loss_scale undoes DDP's mean).
+                scaled = loss * (self.parallel.loss_scale / max(total_tokens, 1))
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach()
             nll_sum += nll
@@ -297,12 +299,16 @@ class Trainer:
         # A non-finite loss or gradient norm skips the update; the step still counts (schedule and data advance),
         # and every process decides alike through the same all-reduce. fp16's GradScaler skips its own steps.
         norm = grad_norm(params) if self.scaler is None else None
-        finite = math.isfinite(loss_sum.item()) and (norm is None or bool(torch.isfinite(norm)))
+        finite = math.isfinite(loss_sum.item()) and (norm is None or math.isfinite(norm_value(norm)))
         step_loss, step_nll, n_bad = distributed.all_sum([loss_sum.item(), nll_sum.item(), float(not finite)], d)
         if n_bad:
             self.optimizer.zero_grad(set_to_none=True)
         else:
+            grads = [p.grad for p in params]  # kept for the state line: the update sets them to None
             optimizer_step(self.optimizer, self.scaler, lr, params, cfg.optim.clip_norm, norm)
+            if not self._state_logged:  # once a run: what this process holds (README: FSDP's memory)
+                self.log(state_line(params, grads, self.optimizer, d.rank))
+                self._state_logged = True
         self.state.record(step, first + per_step, total_tokens, step_loss, step_nll, skipped=bool(n_bad))
         return lr
 
@@ -366,6 +372,7 @@ class Trainer:
         """Validation on rank 0 (loss, + BLEU and chrF for pairs); updates `best`. Returns (stop early, improved)."""
         train = self.config.train
         stop = better = False
+        self.parallel.gather(self.eval_model)  # FSDP: the shards gathered into rank 0's plain copy
         if self.dist.is_main:
             entry = self.evaluator.evaluate(step, self.state.seconds)
             self.folder.append_metrics(entry)
@@ -383,18 +390,5 @@ class Trainer:
         return self._agree(stop), self._agree(better)
 
     def _save(self, step: int) -> None:
-        """Rank 0 writes the checkpoint and moves the pointers; the others wait for it. Weights that are not finite
-        are never written, so `best` and `last` never point at them."""
-        if self.dist.is_main and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            self.log(f"not saving step {step}: the weights are not finite (the last checkpoint, if any, is kept)")
-        elif self.dist.is_main:
-            state = {
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "rng": rng_state(),
-                "trainer": self.state.to_dict(),
-                "world_size": self.dist.world_size,
-            }
-            self.folder.save(step, self.state.best_step, self.config.train.keep_last, model=self.model,
-                             config=self.config.to_dict(), trainer_state=state, **self.tokenizer_save)  # fmt: skip
-        distributed.barrier(self.dist)
+        self.saver.save(step, self.state, self.config.train.keep_last, config=self.config.to_dict(),
+                        **self.tokenizer_save)  # fmt: skip

@@ -3,7 +3,7 @@ DDP equals: tests/test_trainer.py): the same losses and weights for both Transfo
 bytes per process, sharded checkpoints that resume bit-identically after a kill -9 and in one process, and that
 every other command reads as ordinary model folders. The sharded runs recompute their layers in the backward
 (train.activation_checkpointing), so the same comparisons cover it. torchrun starts cost ~8 s each on 2 cores:
-the file starts three."""
+the file starts four."""
 
 import os
 import re
@@ -173,3 +173,15 @@ def test_fsdp_refuses_compilation_in_one_line():
     train = TrainConfig(parallel="fsdp", compile=True)
     with pytest.raises(ConfigError, match="train.compile with train.parallel='fsdp' is not supported"):
         wrap(torch.nn.Linear(2, 2), train, Dist(rank=0, world_size=2))  # refused before any collective
+
+
+def test_the_recurrent_family_shards_as_one_unit_with_the_losses_of_one_process(tmp_path):
+    """No encoder/decoder `layers` stacks: the whole LSTM encoder-decoder is the root unit, sharded at rest."""
+    args = [*TINY, "--model.arch", "rnn", "--model.rnn_cell", "lstm"]
+    one = aiayn("train", *args, "--train.grad_accum", "2", "--train.out_dir", tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    result = torchrun(tmp_path / "fsdp", *args, "--train.parallel", "fsdp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_losses(tmp_path / "one", tmp_path / "fsdp")
+    whole, sharded = state_bytes(one.stdout), state_bytes(result.stdout)
+    assert all(0.5 * w <= s <= 0.55 * w for w, s in zip(whole, sharded, strict=True))

@@ -3,11 +3,12 @@ DDP equals: tests/test_trainer.py): the same losses and weights for both Transfo
 bytes per process, sharded checkpoints that resume bit-identically after a kill -9 and in one process, and that
 every other command reads as ordinary model folders. The sharded runs recompute their layers in the backward
 (train.activation_checkpointing), so the same comparisons cover it. torchrun starts cost ~8 s each on 2 cores:
-the file starts four."""
+the file starts five (one of them two agents)."""
 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,22 @@ def test_the_recurrent_family_shards_as_one_unit_with_the_losses_of_one_process(
     assert_same_losses(tmp_path / "one", tmp_path / "fsdp")
     whole, sharded = state_bytes(one.stdout), state_bytes(result.stdout)
     assert all(0.5 * w <= s <= 0.55 * w for w, s in zip(whole, sharded, strict=True))
+
+
+def test_two_nodes_on_loopback_give_the_losses_of_one_node_with_two_processes(seq2seq_runs, tmp_path):
+    """Two torchrun agents of one process each, meeting through c10d rendezvous on 127.0.0.1, as two machines would
+    (the run folder is on a filesystem both see: here, the same disk)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+           "-m", "aiayn", "train", *TINY, *FSDP, "--train.out_dir", str(out)]  # fmt: skip
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+             for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert sum(stdout.count("2 process(es)") for stdout, _ in outputs) == 1  # global rank 0 alone prints
+    assert_same_losses(seq2seq_runs["fsdp"], out, tol=1e-6)

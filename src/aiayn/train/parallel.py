@@ -28,7 +28,8 @@ from aiayn.config import RunConfig, TrainConfig
 from aiayn.errors import ConfigError
 from aiayn.train.distributed import Dist
 
-__all__ = ["Parallel", "eval_model", "layer_units", "local_bytes", "recompute_layers", "state_line", "wrap"]
+__all__ = ["Parallel", "eval_model", "layer_units", "local_bytes", "recompute_layers", "state_line", "whole_weights",
+           "wrap"]  # fmt: skip
 
 # FSDP's mixed precision: parameters cast for the forward and backward, gradients reduced in fp32.
 PARAM_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,14 +93,25 @@ class Parallel:
         """FSDP: copy the whole weights into `into`, rank 0's plain copy of the model for validation and decoding
         (collective: every process calls it; `into` is None on the others). Calling the sharded layers on rank 0
         alone would wait forever for the other processes' shards."""
-        if self.kind != "fsdp":
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        if self.kind == "fsdp":
+            weights = whole_weights(self.module.model)
+            if into is not None:
+                into.load_state_dict(weights)
 
-        plain = self.module.model
-        weights = get_model_state_dict(plain, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if into is not None:
-            into.load_state_dict(weights)
+
+def whole_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """An FSDP-sharded model's weights gathered whole onto rank 0's CPU (empty on the other ranks; collective).
+    Tied parameters (one object under several names) come back as one tensor under each name, so a model folder
+    stores them once."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        tied_to = first.setdefault(id(param), name)
+        if weights and tied_to != name:
+            weights[name] = weights[tied_to]
+    return weights
 
 
 def eval_model(model: nn.Module, config: RunConfig, dist: Dist) -> nn.Module | None:

@@ -24,6 +24,7 @@ from aiayn.modelfile import load_weights
 from aiayn.train import checkpoint as ckpt
 from aiayn.train import distributed
 from aiayn.train.distributed import Dist
+from aiayn.train.parallel import whole_weights
 from aiayn.train.reproducible import rng_state, set_rng_state
 from aiayn.train.run_folder import RunFolder
 from aiayn.train.state import TrainState
@@ -68,15 +69,7 @@ class Saver:
         """The model's weights, whole, on rank 0 (empty elsewhere). FSDP gathers them from the shards onto the CPU."""
         if not self.sharded:
             return self.model.state_dict() if self.dist.is_main else {}
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        weights = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        first: dict[int, str] = {}  # tied parameters (one object under several names) as one tensor, stored once
-        for name, param in self.model.named_parameters(remove_duplicate=False):
-            tied_to = first.setdefault(id(param), name)
-            if weights and tied_to != name:
-                weights[name] = weights[tied_to]
-        return weights
+        return whole_weights(self.model)
 
     def _write_shards(self, step: int) -> Path:
         """Every rank writes its shard of the weights and the optimizer state into one temporary folder."""

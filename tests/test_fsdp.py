@@ -22,7 +22,7 @@ from tiny_run import ROOT, aiayn, final_weights, metrics
 
 from aiayn.config import TrainConfig
 from aiayn.errors import ConfigError
-from aiayn.modelfile import CheckpointError
+from aiayn.modelfile import CheckpointError, verify
 from aiayn.train.distributed import Dist
 from aiayn.train.parallel import wrap
 from aiayn.train.run_folder import RunFolder
@@ -205,3 +205,24 @@ def test_two_nodes_on_loopback_give_the_losses_of_one_node_with_two_processes(se
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert sum(stdout.count("2 process(es)") for stdout, _ in outputs) == 1  # global rank 0 alone prints
     assert_same_losses(seq2seq_runs["fsdp"], out, tol=1e-6)
+
+
+def test_a_damaged_shard_is_found_by_the_manifest_before_anything_reads_it(seq2seq_runs, tmp_path):
+    """The manifest lists the shards (sizes, sha256): a changed byte makes the checkpoint corrupt, which a resume
+    skips with a warning and consolidation refuses in one line; a missing folder is one line too."""
+    folder = tmp_path / "step-000012"
+    shutil.copytree(seq2seq_runs["fsdp"] / "checkpoints" / "step-000012", folder)
+    verify(folder)  # intact
+    shard = folder / "sharded" / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"corrupt checkpoint \(sharded/__1_0.distcp: sha256 mismatch\)"):
+        verify(folder)
+    result = aiayn("checkpoint", "consolidate", folder, "--out", tmp_path / "whole")
+    assert result.returncode == 2 and not (tmp_path / "whole").exists()
+    assert result.stderr.strip().splitlines() == [f"error: {folder}: corrupt checkpoint (sharded/__1_0.distcp: "
+                                                  "sha256 mismatch)"]  # fmt: skip
+    result = aiayn("checkpoint", "consolidate", tmp_path / "nowhere", "--out", tmp_path / "whole")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'nowhere'}: no such checkpoint folder"

@@ -53,6 +53,4 @@ def average_checkpoints(folders: list[str], out: str) -> Path:
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             tensor.copy_((total[name] / len(paths)).to(tensor.dtype))
-    if kind in ("bpe", "char"):
-        return ckpt.save_checkpoint(Path(out), model=model, config=config, tokenizer_json=tokenizer["tokenizer.json"])
-    return ckpt.save_checkpoint(Path(out), model=model, config=config, tokenizer_files=tokenizer, tokenizer_kind=kind)
+    return ckpt.save_model_folder(out, model, config, tokenizer, kind)

@@ -31,7 +31,8 @@ from aiayn.modelfile import verify as _verify
 
 __all__ = [
     "FORMAT", "MANIFEST", "MODEL_FILES", "STATE_FILE", "CheckpointError", "fault", "latest_valid", "list_checkpoints",
-    "load_trainer_state", "load_weights", "remove_stale", "resolve_model_dir", "save_checkpoint", "set_pointer",
+    "load_trainer_state", "load_weights", "remove_stale", "resolve_model_dir", "save_checkpoint", "save_model_folder",
+    "set_pointer",
     "state_dict_for_saving", "verify", "write_atomic",
 ]  # fmt: skip
 
@@ -64,6 +65,15 @@ def save_checkpoint(
         if e.errno != errno.ENOSPC:
             raise
         raise disk_full(Path(folder), _tensor_bytes(model.state_dict()) + _tensor_bytes(trainer_state)) from None
+
+
+def save_model_folder(folder: str | Path, model: torch.nn.Module, config: dict[str, Any], tokenizer: dict[str, bytes],
+                      kind: str) -> Path:  # fmt: skip
+    """A model folder of `model` with `tokenizer`, the files of a tokenizer of `kind` read from another folder (what
+    `aiayn average` and `aiayn checkpoint consolidate` write)."""
+    if kind in ("bpe", "char"):
+        return save_checkpoint(Path(folder), model=model, config=config, tokenizer_json=tokenizer["tokenizer.json"])
+    return save_checkpoint(Path(folder), model=model, config=config, tokenizer_files=tokenizer, tokenizer_kind=kind)
 
 
 def _tensor_bytes(obj: Any) -> int:

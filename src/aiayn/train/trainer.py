@@ -170,7 +170,6 @@ class Trainer:
         if resume_from is None and self.start is not None:  # fine-tuning: the weights, before any sharding
             load_weights(self.model, self.start.folder)
         self.parallel = self._parallel()
-        self.forward_model = self.parallel.module
         self._setup_optimizer()
         self.saver = Saver(self.folder, self.model, self.optimizer, self.scaler, d, self.parallel.kind == "fsdp",
                            self.log)  # fmt: skip
@@ -285,7 +284,7 @@ class Trainer:
                 torch.manual_seed(micro_seed(train.seed, k))
                 if train.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()  # this batch's graph replay may reuse the last's memory
-                loss, nll = self.forward_model(*inputs, target=target)
+                loss, nll = self.parallel.module(*inputs, target=target)
                 # Gradients summed over processes, divided by all the step's tokens (loss_scale undoes DDP's mean).
                 scaled = loss * (self.parallel.loss_scale / max(total_tokens, 1))
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
